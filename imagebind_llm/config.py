@@ -1,0 +1,372 @@
+"""Typed configuration of the ImageBind encoders (and, later, of the language model).
+
+Every size lives here; model code reads it from these objects. Configs are frozen
+dataclasses validated on construction, so a wrong size fails at once with a message that
+names the field instead of deep inside a matmul.
+
+Presets: :func:`imagebind_huge` (the released sizes, reference.md 1.1 and 3.1) and
+:func:`imagebind_tiny` (small sizes for tests). :meth:`ImageBindConfig.from_official_kwargs`
+builds a config from the keyword arguments of the official ``ImageBindModel``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+def _positive(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if value is None or value <= 0:
+            raise ValueError(f"{owner}.{name} must be positive, got {value!r}")
+
+
+def _probability(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{owner}.{name} must be in [0, 1), got {value!r}")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """A stack of pre-norm transformer blocks (attention + GELU MLP)."""
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_ratio: int = 4
+    drop_path: float = 0.0  # the largest stochastic-depth rate; block i gets linspace(0, this)[i]
+    qkv_bias: bool = True
+    bias_kv: bool = False  # one learned key/value token appended to every sequence
+    norm_eps: float = 1e-6
+    pre_norm: bool = False  # a LayerNorm before the first block (the vision trunk only)
+    causal: bool = False  # causal self-attention (the text trunk only)
+
+    def __post_init__(self) -> None:
+        _positive("TransformerConfig", width=self.width, depth=self.depth, num_heads=self.num_heads,
+                  mlp_ratio=self.mlp_ratio, norm_eps=self.norm_eps)
+        _probability("TransformerConfig", drop_path=self.drop_path)
+        if self.width % self.num_heads:
+            raise ValueError(
+                f"TransformerConfig.width ({self.width}) must be divisible by num_heads ({self.num_heads})"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Images and video clips: a Conv3d patch stem over (frames, H, W); an image is repeated
+    to ``frames`` frames."""
+
+    trunk: TransformerConfig
+    image_size: int = 224
+    frames: int = 2
+    patch_size: tuple[int, int, int] = (2, 14, 14)  # (time, height, width); stride = kernel
+    channels: int = 3
+
+    def __post_init__(self) -> None:
+        _positive("VisionConfig", image_size=self.image_size, frames=self.frames, channels=self.channels)
+        if len(self.patch_size) != 3:
+            raise ValueError(f"VisionConfig.patch_size must be (time, height, width), got {self.patch_size}")
+        t, h, w = self.patch_size
+        if self.frames % t or self.image_size % h or self.image_size % w:
+            raise ValueError(
+                f"VisionConfig: patch_size {self.patch_size} must divide (frames, image_size, image_size)"
+                f" = ({self.frames}, {self.image_size}, {self.image_size})"
+            )
+        if not self.trunk.pre_norm:
+            raise ValueError("VisionConfig.trunk.pre_norm must be True (the vision trunk has a pre-LayerNorm)")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        t, h, w = self.patch_size
+        return self.frames // t, self.image_size // h, self.image_size // w
+
+    @property
+    def num_patches(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    trunk: TransformerConfig
+    vocab_size: int = 49408
+    context_length: int = 77
+
+    def __post_init__(self) -> None:
+        _positive("TextConfig", vocab_size=self.vocab_size, context_length=self.context_length)
+        if not self.trunk.causal:
+            raise ValueError("TextConfig.trunk.causal must be True (the text trunk is causal)")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Log-mel spectrograms (1, num_mel_bins, target_length) cut into overlapping patches."""
+
+    trunk: TransformerConfig
+    num_mel_bins: int = 128
+    target_length: int = 204
+    patch_size: int = 16
+    stride: int = 10
+
+    def __post_init__(self) -> None:
+        _positive("AudioConfig", num_mel_bins=self.num_mel_bins, target_length=self.target_length,
+                  patch_size=self.patch_size, stride=self.stride)
+        if self.patch_size > min(self.num_mel_bins, self.target_length):
+            raise ValueError(f"AudioConfig.patch_size {self.patch_size} is larger than the spectrogram")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        rows = (self.num_mel_bins - self.patch_size) // self.stride + 1
+        cols = (self.target_length - self.patch_size) // self.stride + 1
+        return rows, cols
+
+    @property
+    def num_patches(self) -> int:
+        rows, cols = self.grid
+        return rows * cols
+
+
+@dataclass(frozen=True)
+class ImageLikeConfig:
+    """Single-channel images (depth, thermal) cut into non-overlapping patches."""
+
+    trunk: TransformerConfig
+    image_size: int = 224
+    patch_size: int = 16
+    channels: int = 1
+
+    def __post_init__(self) -> None:
+        _positive("ImageLikeConfig", image_size=self.image_size, patch_size=self.patch_size,
+                  channels=self.channels)
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"ImageLikeConfig.patch_size {self.patch_size} must divide image_size {self.image_size}"
+            )
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class ImuConfig:
+    """IMU traces (channels, length) cut into windows; each token is channel-major."""
+
+    trunk: TransformerConfig
+    channels: int = 6
+    length: int = 2000
+    window: int = 8  # the official code hard-codes 8 (its imu_kernel_size is ignored)
+
+    def __post_init__(self) -> None:
+        _positive("ImuConfig", channels=self.channels, length=self.length, window=self.window)
+        if self.length % self.window:
+            raise ValueError(f"ImuConfig.window {self.window} must divide length {self.length}")
+
+    @property
+    def num_patches(self) -> int:
+        return self.length // self.window
+
+    @property
+    def patch_features(self) -> int:
+        return self.channels * self.window
+
+
+@dataclass(frozen=True)
+class PointConfig:
+    """The Point-BERT encoder of Point-Bind (reference.md 3): FPS + kNN groups, a mini-PointNet
+    per group, a transformer whose position embedding is re-added before every block, and a
+    projection of [cls, max-pool] (2 x width) to ``projection_dim``."""
+
+    width: int = 384  # trans_dim
+    depth: int = 12
+    num_heads: int = 6
+    num_groups: int = 512
+    group_size: int = 32
+    group_feature_dim: int = 256  # encoder_dims: the token width the mini-PointNet produces
+    group_mlp_widths: tuple[int, int, int] = (128, 256, 512)  # its hidden widths (fixed officially)
+    num_points: int = 8192
+    projection_dim: int = 512  # the point head's input width (pc_projection columns)
+    pos_hidden: int = 128
+    mlp_ratio: int = 4
+    drop_path: float = 0.1
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _positive("PointConfig", width=self.width, depth=self.depth, num_heads=self.num_heads,
+                  num_groups=self.num_groups, group_size=self.group_size,
+                  group_feature_dim=self.group_feature_dim, num_points=self.num_points,
+                  projection_dim=self.projection_dim, pos_hidden=self.pos_hidden)
+        _probability("PointConfig", drop_path=self.drop_path)
+        if self.width % self.num_heads:
+            raise ValueError(f"PointConfig.width ({self.width}) must be divisible by num_heads ({self.num_heads})")
+        if len(self.group_mlp_widths) != 3 or min(self.group_mlp_widths) <= 0:
+            raise ValueError(f"PointConfig.group_mlp_widths must be 3 positive widths, got {self.group_mlp_widths}")
+        if self.group_mlp_widths[2] != 2 * self.group_mlp_widths[1]:
+            raise ValueError("PointConfig.group_mlp_widths[2] must be twice [1] (local + global feature)")
+
+    @property
+    def trunk(self) -> TransformerConfig:
+        return TransformerConfig(width=self.width, depth=self.depth, num_heads=self.num_heads,
+                                 mlp_ratio=self.mlp_ratio, drop_path=self.drop_path, qkv_bias=False,
+                                 norm_eps=self.norm_eps)
+
+    @classmethod
+    def from_official(cls, model_config: Mapping[str, Any], npoints: int = 8192,
+                      projection_dim: int = 512) -> "PointConfig":
+        """From the ``model:`` section of the official PointTransformer yaml."""
+        return cls(width=model_config["trans_dim"], depth=model_config["depth"],
+                   num_heads=model_config["num_heads"], num_groups=model_config["num_group"],
+                   group_size=model_config["group_size"], group_feature_dim=model_config["encoder_dims"],
+                   drop_path=model_config.get("drop_path_rate", 0.1), num_points=npoints,
+                   projection_dim=projection_dim)
+
+
+@dataclass(frozen=True)
+class LogitScales:
+    """Initial logit scales of the postprocessors (the trained values come from the checkpoint).
+    ``None`` means no scaling (vision). Text's scale is learnable, the others are fixed."""
+
+    vision: float | None = None
+    text: float = 1 / 0.07
+    audio: float = 20.0
+    depth: float = 5.0
+    thermal: float = 10.0
+    imu: float = 5.0
+    point: float = 1.0
+
+
+@dataclass(frozen=True)
+class ImageBindConfig:
+    embed_dim: int
+    vision: VisionConfig
+    text: TextConfig
+    audio: AudioConfig
+    depth: ImageLikeConfig
+    thermal: ImageLikeConfig
+    imu: ImuConfig
+    point: PointConfig | None = None  # None: the original ImageBind without the 3D branch
+    head_norm_eps: float = 1e-6
+    stem_norm_eps: float = 1e-5
+    imu_head_dropout: float = 0.5
+    point_head_dropout: float = 0.5
+    logit_scales: LogitScales = field(default_factory=LogitScales)
+
+    def __post_init__(self) -> None:
+        _positive("ImageBindConfig", embed_dim=self.embed_dim)
+
+    def modality_config(self, modality: str):
+        return getattr(self, modality)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ImageBindConfig":
+        def trunk(d):
+            return TransformerConfig(**d)
+
+        d = dict(data)
+        vision = dict(d["vision"], trunk=trunk(d["vision"]["trunk"]))
+        vision["patch_size"] = tuple(vision["patch_size"])
+        return cls(
+            embed_dim=d["embed_dim"],
+            vision=VisionConfig(**vision),
+            text=TextConfig(**dict(d["text"], trunk=trunk(d["text"]["trunk"]))),
+            audio=AudioConfig(**dict(d["audio"], trunk=trunk(d["audio"]["trunk"]))),
+            depth=ImageLikeConfig(**dict(d["depth"], trunk=trunk(d["depth"]["trunk"]))),
+            thermal=ImageLikeConfig(**dict(d["thermal"], trunk=trunk(d["thermal"]["trunk"]))),
+            imu=ImuConfig(**dict(d["imu"], trunk=trunk(d["imu"]["trunk"]))),
+            point=PointConfig(**dict(d["point"], group_mlp_widths=tuple(d["point"]["group_mlp_widths"])))
+            if d.get("point") else None,
+            head_norm_eps=d.get("head_norm_eps", 1e-6),
+            stem_norm_eps=d.get("stem_norm_eps", 1e-5),
+            imu_head_dropout=d.get("imu_head_dropout", 0.5),
+            point_head_dropout=d.get("point_head_dropout", 0.5),
+            logit_scales=LogitScales(**d.get("logit_scales", {})),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_official_kwargs(
+        cls,
+        kwargs: Mapping[str, Any] | None = None,
+        point: PointConfig | None = None,
+    ) -> "ImageBindConfig":
+        """Build from the keyword arguments of the official ``ImageBindModel`` (missing ones take
+        the official class defaults, reference.md 1.1). ``point`` adds the Point-Bind branch."""
+        k = dict(OFFICIAL_CLASS_DEFAULTS)
+        unknown = set(kwargs or {}) - set(k)
+        if unknown:
+            raise ValueError(f"unknown ImageBindModel arguments: {sorted(unknown)}")
+        k.update(kwargs or {})
+
+        def blocks(prefix: str, **extra) -> TransformerConfig:
+            return TransformerConfig(width=k[f"{prefix}_embed_dim"], depth=k[f"{prefix}_num_blocks"],
+                                     num_heads=k[f"{prefix}_num_heads"],
+                                     drop_path=k.get(f"{prefix}_drop_path", 0.0), **extra)
+
+        return cls(
+            embed_dim=k["out_embed_dim"],
+            vision=VisionConfig(trunk=blocks("vision", pre_norm=True), frames=k["video_frames"],
+                                patch_size=tuple(k["kernel_size"])),
+            text=TextConfig(trunk=blocks("text", causal=True)),
+            audio=AudioConfig(trunk=blocks("audio", bias_kv=True), num_mel_bins=k["audio_num_mel_bins"],
+                              target_length=k["audio_target_len"], patch_size=k["audio_kernel_size"],
+                              stride=k["audio_stride"]),
+            depth=ImageLikeConfig(trunk=blocks("depth", bias_kv=True), patch_size=k["depth_kernel_size"]),
+            thermal=ImageLikeConfig(trunk=blocks("thermal", bias_kv=True), patch_size=k["thermal_kernel_size"]),
+            # imu_kernel_size is accepted but, as in the official code, not used.
+            imu=ImuConfig(trunk=blocks("imu", bias_kv=True)),
+            point=point,
+        )
+
+
+#: The official ``ImageBindModel.__init__`` defaults (reference.md 1.1).
+OFFICIAL_CLASS_DEFAULTS: dict[str, Any] = {
+    "video_frames": 2, "kernel_size": (2, 14, 14), "audio_kernel_size": 16, "audio_stride": 10,
+    "out_embed_dim": 768, "vision_embed_dim": 1024, "vision_num_blocks": 24, "vision_num_heads": 16,
+    "audio_embed_dim": 768, "audio_num_blocks": 12, "audio_num_heads": 12, "audio_num_mel_bins": 128,
+    "audio_target_len": 204, "audio_drop_path": 0.1, "text_embed_dim": 768, "text_num_blocks": 12,
+    "text_num_heads": 12, "depth_embed_dim": 384, "depth_kernel_size": 16, "depth_num_blocks": 12,
+    "depth_num_heads": 8, "depth_drop_path": 0.0, "thermal_embed_dim": 768, "thermal_kernel_size": 16,
+    "thermal_num_blocks": 12, "thermal_num_heads": 12, "thermal_drop_path": 0.0, "imu_embed_dim": 512,
+    "imu_kernel_size": 8, "imu_num_blocks": 6, "imu_num_heads": 8, "imu_drop_path": 0.7,
+}
+
+#: The ``imagebind_huge`` overrides (reference.md 1.1).
+HUGE_KWARGS: dict[str, Any] = {
+    "out_embed_dim": 1024, "vision_embed_dim": 1280, "vision_num_blocks": 32, "vision_num_heads": 16,
+    "text_embed_dim": 1024, "text_num_blocks": 24, "text_num_heads": 16, "audio_drop_path": 0.1,
+    "imu_drop_path": 0.7,
+}
+
+
+def imagebind_huge(with_point: bool = True) -> ImageBindConfig:
+    """The released ImageBind-huge; ``with_point`` adds ImageBind-LLM's Point-BERT branch."""
+    return ImageBindConfig.from_official_kwargs(HUGE_KWARGS, point=PointConfig() if with_point else None)
+
+
+def imagebind_tiny(with_point: bool = True) -> ImageBindConfig:
+    """Small random-weight sizes for tests; the real input geometry (224 px, 77 tokens,
+    128 x 204 spectrograms, 6 x 2000 IMU, 8192 points)."""
+    kwargs = {
+        "out_embed_dim": 32, "vision_embed_dim": 64, "vision_num_blocks": 2, "vision_num_heads": 4,
+        "audio_embed_dim": 48, "audio_num_blocks": 2, "audio_num_heads": 4, "text_embed_dim": 24,
+        "text_num_blocks": 2, "text_num_heads": 4, "depth_embed_dim": 32, "depth_num_blocks": 1,
+        "depth_num_heads": 2, "thermal_embed_dim": 32, "thermal_num_blocks": 1, "thermal_num_heads": 2,
+        "imu_embed_dim": 32, "imu_num_blocks": 1, "imu_num_heads": 2,
+    }
+    point = PointConfig(width=48, depth=2, num_heads=4, group_feature_dim=64) if with_point else None
+    return ImageBindConfig.from_official_kwargs(kwargs, point=point)
+
+
+IMAGEBIND_PRESETS = {"imagebind_huge": imagebind_huge, "imagebind_tiny": imagebind_tiny}

@@ -1,0 +1,36 @@
+"""Shared fixtures. The golden folder comes from IMAGEBIND_LLM_GOLDEN (default tests/golden);
+tests read every size from it so that they pass on any set of the same layout."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def golden_root() -> Path:
+    return Path(os.environ.get("IMAGEBIND_LLM_GOLDEN", ROOT / "tests" / "golden")).resolve()
+
+
+def golden_err(a, r) -> float:
+    """The golden README's error measure: max|a - r| / max(1, max|r|)."""
+    a = a.double()
+    r = r.double()
+    return float((a - r).abs().max() / max(1.0, float(r.abs().max())))
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    root = golden_root()
+    if not (root / "imagebind" / "config.json").exists():
+        pytest.fail(f"golden folder not found at {root} (set IMAGEBIND_LLM_GOLDEN)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def preprocess_manifest(golden) -> list[dict]:
+    return json.loads((golden / "preprocess" / "manifest.json").read_text())["entries"]
