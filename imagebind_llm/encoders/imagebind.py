@@ -91,9 +91,10 @@ class ImageBind(nn.Module):
             return None
         return log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
-    def encode(self, modality: str, x: torch.Tensor, *, output: Output = "official",
-               point_start_indices: torch.Tensor | None = None) -> torch.Tensor:
-        """Embed one modality's batch. See the module docstring for ``output``."""
+    def encode_all(self, modality: str, x: torch.Tensor,
+                   point_start_indices: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """All three outputs of one forward pass: ``prenorm`` (clip-averaged head output),
+        ``official`` (normalised, logit-scaled, clip-averaged) and ``unit`` (official re-normalised)."""
         encoder = self.encoder(modality)
         x = x.to(self.device)
         if x.is_floating_point():
@@ -102,23 +103,22 @@ class ImageBind(nn.Module):
         if x.ndim >= 5:  # (B, S, ...): several clips or crops per item, averaged at the end
             clips = x.shape[:2]
             x = x.flatten(0, 1)
-        if modality == "point":
-            head = encoder(x, point_start_indices)
-        else:
-            head = encoder(x)
-        if output == "prenorm":
-            return head if clips is None else head.view(*clips, -1).mean(1)
-        out = F.normalize(head, dim=-1)
+        head = encoder(x, point_start_indices) if modality == "point" else encoder(x)
+        official = F.normalize(head, dim=-1)
         scale = self.logit_scale(modality)
         if scale is not None:
-            out = out * scale
+            official = official * scale
         if clips is not None:
-            out = out.view(*clips, -1).mean(1)
-        if output == "unit":
-            out = F.normalize(out, dim=-1)
-        elif output != "official":
+            head = head.view(*clips, -1).mean(1)
+            official = official.view(*clips, -1).mean(1)
+        return {"prenorm": head, "official": official, "unit": F.normalize(official, dim=-1)}
+
+    def encode(self, modality: str, x: torch.Tensor, *, output: Output = "official",
+               point_start_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Embed one modality's batch. See the module docstring for ``output``."""
+        if output not in ("official", "prenorm", "unit"):
             raise ValueError(f"output must be 'official', 'prenorm' or 'unit', got {output!r}")
-        return out
+        return self.encode_all(modality, x, point_start_indices)[output]
 
     def forward(self, inputs: Mapping[str, torch.Tensor], *, output: Output = "official") -> dict[str, torch.Tensor]:
         return {name: self.encode(name, x, output=output) for name, x in inputs.items()}

@@ -10,7 +10,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal, Union
+from typing import Any, BinaryIO, Callable, Literal, Sequence, Union
 
 from ..errors import InputError
 
@@ -114,3 +114,19 @@ def as_source(
 def _suffix(name: str) -> str:
     # The type is chosen by the real extension, never by a substring of the whole path.
     return Path(name).suffix.lower()
+
+
+def load_each(items: Any, load_one: Callable[[Any], Any], what: str, accepted: str) -> list:
+    """Apply ``load_one`` to every item of a non-empty list; an error names the failing item
+    by its index (``"image 2 (cat.png): ..."``). Shared by every ``load_*_batch``."""
+    if not isinstance(items, (list, Sequence)) or isinstance(items, (str, bytes, bytearray, memoryview, tuple)):
+        raise InputError(f"{what} inputs", f"expected a list, got {type(items).__name__}", "a list of " + accepted)
+    if len(items) == 0:
+        raise InputError(f"{what} inputs", "the list is empty", "a list of " + accepted)
+    out = []
+    for index, item in enumerate(items):
+        try:
+            out.append(load_one(item))
+        except InputError as error:
+            raise InputError(f"{what} {index} ({error.source})", error.problem, error.accepted) from None
+    return out
