@@ -20,9 +20,7 @@ without a copy.
 from __future__ import annotations
 
 import logging
-import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -30,16 +28,13 @@ import torch
 
 from .config import ImageBindConfig, imagebind_huge
 from .errors import CheckpointError
+from .keymap import KeyRule, find_rule, same, translate
 
 log = logging.getLogger(__name__)
 
 _W = [("weight", "weight"), ("bias", "bias")]
 _BN = _W + [("running_mean", "running_mean"), ("running_var", "running_var"),
             ("num_batches_tracked", "num_batches_tracked")]
-
-
-def _same(*names: str) -> list[tuple[str, str]]:
-    return [(n, n) for n in names]
 
 
 # Parts of one ImageBind transformer block, in the official state-dict order.
@@ -53,70 +48,29 @@ _IB_BLOCK = [
     ("norm_2.weight", "norm2.weight"), ("norm_2.bias", "norm2.bias"),
 ]
 # Parts of one Point-BERT block, in the official order.
-_POINT_BLOCK = _same("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight",
+_POINT_BLOCK = same("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight",
                      "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias", "attn.qkv.weight",
                      "attn.proj.weight", "attn.proj.bias")
 
 
-@dataclass(frozen=True)
-class KeyRule:
-    """``official`` and ``project`` are key templates; ``{name}`` placeholders take one of
-    ``choices[name]`` (official text, project text), ``{n}`` a block number. ``project=None``
-    marks an official tensor that the project derives instead of storing."""
-
-    official: str
-    project: str | None
-    choices: Mapping[str, list[tuple[str, str]]] = field(default_factory=dict)
-
-    def _regex(self, template: str, side: int) -> re.Pattern:
-        pattern = ""
-        for literal, name in re.findall(r"([^{]*)(?:\{(\w+)\})?", template):
-            pattern += re.escape(literal)
-            if name == "n":
-                pattern += r"(?P<n>\d+)"
-            elif name:
-                options = "|".join(re.escape(c[side]) for c in self.choices[name])
-                pattern += f"(?P<{name}>{options})"
-        return re.compile(pattern + r"\Z")
-
-    def match(self, key: str, side: int) -> dict[str, str] | None:
-        template = self.official if side == 0 else self.project
-        if template is None:
-            return None
-        m = self._regex(template, side).match(key)
-        return None if m is None else m.groupdict()
-
-    def render(self, values: Mapping[str, str], from_side: int) -> str | None:
-        template = self.project if from_side == 0 else self.official
-        if template is None:
-            return None
-        out = {}
-        for name, value in values.items():
-            if name == "n":
-                out[name] = value
-            else:
-                out[name] = next(c[1 - from_side] for c in self.choices[name] if c[from_side] == value)
-        return template.format(**out)
-
-
-_TRUNKS = _same("vision", "text", "audio", "depth", "thermal", "imu")
+_TRUNKS = same("vision", "text", "audio", "depth", "thermal", "imu")
 IMAGEBIND_KEY_RULES: list[KeyRule] = [
     # preprocessors (order within a modality follows the official dict)
-    KeyRule("modality_preprocessors.{m}.pos_embed", "{m}.pos_embed", {"m": _same("text", "imu")}),
+    KeyRule("modality_preprocessors.{m}.pos_embed", "{m}.pos_embed", {"m": same("text", "imu")}),
     KeyRule("modality_preprocessors.text.mask", None),
     KeyRule("modality_preprocessors.text.token_embedding.weight", "text.token_embed.weight"),
     KeyRule("modality_preprocessors.{m}.cls_token", "{m}.cls_token",
-            {"m": _same("vision", "audio", "depth", "thermal", "imu")}),
+            {"m": same("vision", "audio", "depth", "thermal", "imu")}),
     KeyRule("modality_preprocessors.vision.rgbt_stem.proj.1.weight", "vision.patch_embed"),
-    KeyRule("modality_preprocessors.{m}.rgbt_stem.proj.weight", "{m}.patch_embed", {"m": _same("audio", "thermal")}),
+    KeyRule("modality_preprocessors.{m}.rgbt_stem.proj.weight", "{m}.patch_embed", {"m": same("audio", "thermal")}),
     KeyRule("modality_preprocessors.{m}.rgbt_stem.norm_layer.{p}", "{m}.patch_norm.{p}",
-            {"m": _same("audio", "thermal"), "p": _W}),
+            {"m": same("audio", "thermal"), "p": _W}),
     KeyRule("modality_preprocessors.depth.depth_stem.proj.weight", "depth.patch_embed"),
     KeyRule("modality_preprocessors.depth.depth_stem.norm_layer.{p}", "depth.patch_norm.{p}", {"p": _W}),
     KeyRule("modality_preprocessors.imu.imu_stem.proj.weight", "imu.patch_embed.weight"),
     KeyRule("modality_preprocessors.imu.imu_stem.norm_layer.{p}", "imu.patch_norm.{p}", {"p": _W}),
     KeyRule("modality_preprocessors.{m}.pos_embedding_helper.pos_embed", "{m}.pos_embed",
-            {"m": _same("vision", "audio", "depth", "thermal")}),
+            {"m": same("vision", "audio", "depth", "thermal")}),
     # trunks
     KeyRule("modality_trunks.vision.pre_transformer_layer.0.{p}", "vision.trunk.pre_norm.{p}", {"p": _W}),
     KeyRule("modality_trunks.{m}.blocks.{n}.{part}", "{m}.trunk.blocks.{n}.{part}",
@@ -125,21 +79,21 @@ IMAGEBIND_KEY_RULES: list[KeyRule] = [
     KeyRule("modality_heads.text.proj.0.{p}", "text.head.norm.{p}", {"p": _W}),
     KeyRule("modality_heads.text.proj.1.weight", "text.head.proj.weight"),
     KeyRule("modality_heads.{m}.0.{p}", "{m}.head.norm.{p}",
-            {"m": _same("vision", "audio", "depth", "thermal", "imu", "point"), "p": _W}),
+            {"m": same("vision", "audio", "depth", "thermal", "imu", "point"), "p": _W}),
     KeyRule("modality_heads.{m}.2.weight", "{m}.head.proj.weight",
-            {"m": _same("vision", "audio", "depth", "thermal", "point")}),
+            {"m": same("vision", "audio", "depth", "thermal", "point")}),
     KeyRule("modality_heads.imu.3.weight", "imu.head.proj.weight"),
     # postprocessors (vision has none)
     KeyRule("modality_postprocessors.{m}.1.log_logit_scale", "{m}.log_logit_scale",
-            {"m": _same("text", "audio", "depth", "thermal", "imu", "point")}),
+            {"m": same("text", "audio", "depth", "thermal", "imu", "point")}),
     # the Point-BERT branch of ImageBind-LLM
     KeyRule("point_trunk.pc_projection", "point.encoder.projection"),
-    KeyRule("point_trunk.point_encoder.{p}", "point.encoder.{p}", {"p": _same("cls_token", "cls_pos")}),
+    KeyRule("point_trunk.point_encoder.{p}", "point.encoder.{p}", {"p": same("cls_token", "cls_pos")}),
     KeyRule("point_trunk.point_encoder.encoder.{conv}.{layer}.{p}", "point.encoder.group_encoder.{conv}.{layer}.{p}",
-            {"conv": _same("first_conv", "second_conv"), "layer": _same("0", "1", "3"), "p": _BN}),
+            {"conv": same("first_conv", "second_conv"), "layer": same("0", "1", "3"), "p": _BN}),
     KeyRule("point_trunk.point_encoder.reduce_dim.{p}", "point.encoder.reduce_dim.{p}", {"p": _W}),
     KeyRule("point_trunk.point_encoder.pos_embed.{layer}.{p}", "point.encoder.pos_embed.{layer}.{p}",
-            {"layer": _same("0", "2"), "p": _W}),
+            {"layer": same("0", "2"), "p": _W}),
     KeyRule("point_trunk.point_encoder.blocks.blocks.{n}.{part}", "point.encoder.blocks.{n}.{part}",
             {"part": _POINT_BLOCK}),
     KeyRule("point_trunk.point_encoder.norm.{p}", "point.encoder.norm.{p}", {"p": _W}),
@@ -151,29 +105,19 @@ _CATEGORIES = ("modality_preprocessors", "modality_trunks", "modality_heads", "m
 _MODALITY_ORDER = ("vision", "text", "audio", "depth", "thermal", "imu", "point")
 
 
-def _find(key: str, side: int) -> tuple[int, KeyRule, dict[str, str]]:
-    for index, rule in enumerate(IMAGEBIND_KEY_RULES):
-        values = rule.match(key, side)
-        if values is not None:
-            return index, rule, values
-    raise KeyError(key)
-
-
 def official_to_project_key(key: str) -> str | None:
     """The project key of an official key (``None`` for the derived text mask)."""
-    _, rule, values = _find(key, 0)
-    return rule.render(values, 0)
+    return translate(IMAGEBIND_KEY_RULES, key, 0)
 
 
 def project_to_official_key(key: str) -> str:
-    _, rule, values = _find(key, 1)
-    return rule.render(values, 1)  # type: ignore[return-value]
+    return translate(IMAGEBIND_KEY_RULES, key, 1)  # type: ignore[return-value]
 
 
 def _official_sort_key(key: str) -> tuple:
     """Reproduces the order of the official state dict: category, modality, then the
     position of the rule, the block number and the part within the rule."""
-    index, rule, values = _find(key, 0)
+    index, rule, values = find_rule(IMAGEBIND_KEY_RULES, key, 0)
     head, _, rest = key.partition(".")
     modality = rest.split(".")[0]
     block = int(values.get("n", -1))

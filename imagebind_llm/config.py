@@ -370,3 +370,132 @@ def imagebind_tiny(with_point: bool = True) -> ImageBindConfig:
 
 
 IMAGEBIND_PRESETS = {"imagebind_huge": imagebind_huge, "imagebind_tiny": imagebind_tiny}
+
+
+# --------------------------------------------------------------------------------------------
+# Language model side (reference.md section 4)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """LLaMA sizes, as in Meta's ``params.json`` (plus the vocabulary from the tokenizer)."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    vocab_size: int
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    ffn_hidden: int | None = None  # an explicit SwiGLU width (Hugging Face intermediate_size)
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_seq_len: int = 512  # the official adapter builds LLaMA with 512
+
+    def __post_init__(self) -> None:
+        _positive("LlamaConfig", dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads,
+                  vocab_size=self.vocab_size, multiple_of=self.multiple_of, norm_eps=self.norm_eps,
+                  rope_theta=self.rope_theta, max_seq_len=self.max_seq_len)
+        if self.dim % self.n_heads:
+            raise ValueError(f"LlamaConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"LlamaConfig: the head width {self.head_dim} must be even for rotary embeddings")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """SwiGLU width: 2/3 of 4 x dim (times ffn_dim_multiplier), rounded up to multiple_of,
+        unless ``ffn_hidden`` gives it."""
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], vocab_size: int | None = None, **overrides) -> "LlamaConfig":
+        """From Meta's params.json; ``vocab_size`` -1 there means "take it from the tokenizer"."""
+        known = {"dim", "n_layers", "n_heads", "multiple_of", "ffn_dim_multiplier", "norm_eps", "rope_theta"}
+        values = {k: v for k, v in params.items() if k in known}
+        if "n_kv_heads" in params and params["n_kv_heads"] not in (None, params["n_heads"]):
+            raise ValueError("grouped-query attention (n_kv_heads != n_heads) is not an ImageBind-LLM base model "
+                             "(LLaMA-1 7B is expected)")
+        vocab = params.get("vocab_size", -1)
+        if vocab is None or vocab <= 0:
+            if vocab_size is None:
+                raise ValueError("params.json has no vocab_size; pass the tokenizer's vocabulary size")
+            vocab = vocab_size
+        elif vocab_size is not None and vocab != vocab_size:
+            raise ValueError(f"params.json says vocab_size {vocab} but the tokenizer has {vocab_size} pieces")
+        return cls(vocab_size=vocab, **values, **overrides)
+
+    def to_params(self) -> dict[str, Any]:
+        """Meta's params.json. An explicit ``ffn_hidden`` is written as the ``multiple_of`` that
+        reproduces it (Meta's format has no field for the width itself)."""
+        multiple_of = self.multiple_of
+        if self.ffn_hidden is not None:
+            base = int(2 * 4 * self.dim / 3)
+            candidates = [m for m in (256, 128, 64, 32, 16, 8, 4, 2, 1) if m * ((base + m - 1) // m) == self.ffn_hidden]
+            if not candidates or self.ffn_dim_multiplier is not None:
+                raise ValueError(f"the SwiGLU width {self.ffn_hidden} cannot be written as a Meta params.json")
+            multiple_of = candidates[0]
+        params = {"dim": self.dim, "multiple_of": multiple_of, "n_heads": self.n_heads,
+                  "n_layers": self.n_layers, "norm_eps": self.norm_eps, "vocab_size": self.vocab_size}
+        if self.ffn_dim_multiplier is not None:
+            params["ffn_dim_multiplier"] = self.ffn_dim_multiplier
+        if self.rope_theta != 10000.0:
+            params["rope_theta"] = self.rope_theta
+        return params
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The ImageBind-LLM additions to LLaMA (reference.md 4.1-4.6).
+
+    ``query_layer`` is the number of LAST layers that receive the injected visual feature;
+    ``bias_lora`` adds the fine-tune phase's bias tuning and LoRA to every layer;
+    ``legacy_bridge`` selects the LayerNorm + biased-Linear bind network of ``7B-beta.pth``.
+    """
+
+    imagebind_dim: int = 1024
+    query_layer: int = 32
+    query_len: int = 1
+    bind_blocks: int = 3
+    bind_hidden_mult: int = 4  # hidden width of a bind block = mult x LLaMA dim
+    legacy_bridge: bool = False
+    bias_lora: bool = True
+    lora_rank: int = 16
+    bind_norm_eps: float = 1e-6  # RMSNorm; the legacy LayerNorm uses 1e-5
+    legacy_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _positive("AdapterConfig", imagebind_dim=self.imagebind_dim, query_layer=self.query_layer,
+                  query_len=self.query_len, bind_blocks=self.bind_blocks, bind_hidden_mult=self.bind_hidden_mult,
+                  lora_rank=self.lora_rank)
+        if self.query_len != 1:
+            raise ValueError("AdapterConfig.query_len must be 1: ImageBind-LLM's injection is attention-free "
+                             "(the official multi-token path is dead code)")
+
+
+@dataclass(frozen=True)
+class ImageBindLLMConfig:
+    llama: LlamaConfig
+    adapter: AdapterConfig
+
+    def __post_init__(self) -> None:
+        if self.adapter.query_layer > self.llama.n_layers:
+            raise ValueError(f"AdapterConfig.query_layer ({self.adapter.query_layer}) exceeds the LLaMA's "
+                             f"{self.llama.n_layers} layers")
+
+    @property
+    def injected_layers(self) -> range:
+        return range(self.llama.n_layers - self.adapter.query_layer, self.llama.n_layers)
+
+
+def llama_7b(vocab_size: int = 32000) -> LlamaConfig:
+    """LLaMA-1 7B (Meta params.json: dim 4096, 32 layers, 32 heads, multiple_of 256, eps 1e-6)."""
+    return LlamaConfig(dim=4096, n_layers=32, n_heads=32, vocab_size=vocab_size, multiple_of=256, norm_eps=1e-6)
