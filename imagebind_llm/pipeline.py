@@ -1,0 +1,249 @@
+"""The one object the app and the CLI use: inputs of any modality + a question -> a streamed answer.
+
+    pipeline = Pipeline.from_paths(imagebind="imagebind_w3D.pth", llama="llama/7B_chinese",
+                                   adapter="7B.pth", cache="knn.index")
+    for delta in pipeline.stream([Media("image", "photo.jpg")], "What is in this picture?"):
+        print(delta, end="")
+
+Steps of a request: preprocess and embed every input with the frozen ImageBind (unit vectors),
+mix them (fusion.py), optionally blend with the visual cache (visual_cache.py), run the bind
+network once, and decode with the gated LLaMA (generation.py). A :class:`Chat` keeps the
+history of one conversation; the inputs of its most recent turn with media stay in use until
+another turn brings new ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .checkpoint import load_imagebind
+from .config import ImageBindConfig, imagebind_huge
+from .embedding import Embedder
+from .encoders.imagebind import ImageBind
+from .errors import InputError
+from .fusion import FusionMode, fuse
+from .generation import CancelCheck, GenerationConfig, generate_tokens
+from .model import ImageBindLLM
+from .preprocess import PreprocessOptions, check_kind
+from .prompts import Turn, fit_chat, format_prompt, validate_question
+from .tokenizer import Tokenizer
+from .visual_cache import CacheConfig, CacheResult, VisualCache
+from .weights import build_language_model, find_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Media:
+    """One input: a kind (image, video, audio, text, depth, thermal, imu, point), the item (a path,
+    bytes, array, PIL image, (waveform, rate) or a text) and its weight in the mix."""
+
+    kind: str
+    value: Any
+    weight: float = 1.0
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if isinstance(self.value, (str, Path)):
+            return self.value if self.kind == "text" else Path(self.value).name
+        return f"{self.kind} input"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a request can change. ``cache`` None = visual cache off."""
+
+    generation: GenerationConfig = GenerationConfig()
+    cache: CacheConfig | None = None
+    fusion: FusionMode = "normalized"
+    context: str | None = None  # the official optional "### Input:" text
+
+
+@dataclass
+class Feature:
+    """The fused ImageBind feature of a request and how it was made."""
+
+    vector: torch.Tensor  # (D,) what enters the bind network
+    embeddings: torch.Tensor  # (N, D) unit embeddings of the inputs
+    labels: list[str]
+    cache: CacheResult | None = None
+
+
+@dataclass
+class ChatTurn:
+    question: str
+    answer: str | None = None
+    media: list[Media] = field(default_factory=list)
+    feature: torch.Tensor | None = None  # set when the turn's media were encoded
+
+
+@dataclass
+class Chat:
+    """The state of one conversation (small and copyable: it can live in a gr.State)."""
+
+    turns: list[ChatTurn] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    def active_feature(self) -> torch.Tensor | None:
+        for turn in reversed(self.turns):
+            if turn.feature is not None:
+                return turn.feature
+        return None
+
+
+class Pipeline:
+    def __init__(self, imagebind: ImageBind, model: ImageBindLLM, tokenizer: Tokenizer,
+                 cache: VisualCache | None = None, preprocess: PreprocessOptions | None = None,
+                 *, name: str = "custom"):
+        if imagebind.config.embed_dim != model.config.adapter.imagebind_dim:
+            raise InputError("model", f"the ImageBind embeds to width {imagebind.config.embed_dim} but the adapter "
+                             f"expects {model.config.adapter.imagebind_dim}", "an ImageBind and adapter of one release")
+        if cache is not None and cache.dim != imagebind.config.embed_dim:
+            raise InputError("visual cache", f"the cache holds vectors of width {cache.dim} but ImageBind embeds to "
+                             f"width {imagebind.config.embed_dim}", "a cache built with the same ImageBind")
+        self.imagebind = imagebind
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cache = cache
+        self.embedder = Embedder(imagebind, preprocess)
+        self.name = name
+
+    # ----------------------------------------------------------------------------- building
+
+    @classmethod
+    def from_paths(cls, *, imagebind: str | Path, llama: str | Path, adapter: str | Path,
+                   cache: str | Path | None = None, tokenizer: str | Path | None = None,
+                   imagebind_config: ImageBindConfig | None = None, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32, imagebind_dtype: torch.dtype | None = None,
+                   preprocess: PreprocessOptions | None = None, name: str = "custom") -> "Pipeline":
+        """Load every part from local files, logging what is loaded and how long it took."""
+        started = time.perf_counter()
+        encoder = load_imagebind(imagebind, imagebind_config or imagebind_huge(), device=device,
+                                 dtype=imagebind_dtype or dtype)
+        log.info("ImageBind loaded from %s in %.1f s", imagebind, time.perf_counter() - started)
+        step = time.perf_counter()
+        tok = Tokenizer(tokenizer or find_tokenizer(llama))
+        model = build_language_model(llama, adapter, tokenizer_words=tok.n_words, dtype=dtype, device=device)
+        log.info("LLaMA %s + adapter %s loaded in %.1f s", llama, adapter, time.perf_counter() - step)
+        visual_cache = VisualCache.load(cache) if cache else None
+        log.info("pipeline %r ready in %.1f s", name, time.perf_counter() - started)
+        return cls(encoder, model, tok, visual_cache, preprocess, name=name)
+
+    # ----------------------------------------------------------------------------- features
+
+    def embed(self, media: Sequence[Media]) -> torch.Tensor:
+        """Unit embeddings (N, D) of the inputs, in order (batched per kind)."""
+        if not media:
+            raise InputError("inputs", "no input given", "one or more inputs")
+        rows: list[torch.Tensor | None] = [None] * len(media)
+        by_kind: dict[str, list[int]] = {}
+        for index, item in enumerate(media):
+            check_kind(item.kind)
+            if item.kind == "text" and (not isinstance(item.value, str) or not item.value.strip()):
+                raise InputError(item.label or "text input", "the text is empty", "a non-empty text")
+            by_kind.setdefault(item.kind, []).append(index)
+        for kind, indices in by_kind.items():
+            try:
+                inputs = self.embedder.preprocess(kind, [media[i].value for i in indices])
+            except InputError as error:  # name the user's file rather than "image 0"
+                raise self._named(error, [media[i] for i in indices]) from None
+            unit = self.embedder.encode_inputs(kind, inputs)["unit"]
+            for row, index in zip(unit, indices):
+                rows[index] = row.float().cpu()
+        return torch.stack(rows)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _named(error: InputError, items: Sequence[Media]) -> InputError:
+        for item in items:
+            if item.name and item.name not in error.source:
+                if error.source.startswith(f"{item.kind} ") or error.source.startswith("<"):
+                    return InputError(item.name, error.problem, error.accepted)
+        return error
+
+    def feature(self, media: Sequence[Media], settings: Settings = Settings()) -> Feature:
+        """Embed, mix and (optionally) cache-blend the inputs of one request."""
+        embeddings = self.embed(media)
+        labels = [m.label for m in media]
+        vector = fuse(embeddings, [m.weight for m in media], settings.fusion, labels)
+        result = None
+        if settings.cache is not None:
+            if self.cache is None:
+                raise InputError("visual cache", "the cache is switched on but no cache index is loaded",
+                                 "switch the cache off, or start with a cache index")
+            result = self.cache.blend(vector[None], settings.cache)
+            vector = result.enhanced[0]
+        return Feature(vector, embeddings, labels, result)
+
+    # ----------------------------------------------------------------------------- answers
+
+    def stream_ids(self, prompt_ids: list[int], feature: torch.Tensor | None, settings: Settings,
+                   cancel: CancelCheck = None) -> Iterator[int]:
+        visual_query = None
+        if feature is not None:
+            with torch.inference_mode():
+                visual_query = self.model.visual_query(feature[None].to(self.model.device))
+        for step in generate_tokens(self.model, [prompt_ids], settings.generation, visual_query=visual_query,
+                                    eos_id=self.tokenizer.eos_id, cancel=cancel):
+            if step[0] is not None:
+                yield step[0]
+
+    def stream(self, media: Sequence[Media], question: str, settings: Settings = Settings(),
+               cancel: CancelCheck = None) -> Iterator[str]:
+        """Single-turn answer as text deltas (official prompt template)."""
+        validate_question(question)
+        feature = self.feature(media, settings).vector if media else None
+        prompt = self.tokenizer.encode(format_prompt(question, settings.context))
+        yield from self._decode(self.stream_ids(prompt, feature, settings, cancel))
+
+    def answer(self, media: Sequence[Media], question: str, settings: Settings = Settings()) -> str:
+        return "".join(self.stream(media, question, settings)).strip()
+
+    def _decode(self, ids: Iterator[int]) -> Iterator[str]:
+        decoder = self.tokenizer.stream()
+        for token in ids:
+            delta = decoder.push(token)
+            if delta:
+                yield delta
+        rest = decoder.flush()
+        if rest:
+            yield rest
+
+    def chat(self, chat: Chat, question: str, media: Sequence[Media] = (), settings: Settings = Settings(),
+             cancel: CancelCheck = None) -> Iterator[str]:
+        """Answer the next turn of ``chat`` (which is updated in place: the new turn is added
+        before streaming and its answer filled in as it grows). New media replace the earlier
+        turns' media. If the history does not fit the context, the oldest turns are left out of
+        the prompt and a notice is added to ``chat.notices``."""
+        validate_question(question)
+        turn = ChatTurn(question=question, media=list(media))
+        if media:
+            turn.feature = self.feature(media, settings).vector
+        chat.turns.append(turn)
+        budget = self.model.config.llama.max_seq_len - settings.generation.max_new_tokens
+        if budget < 1:
+            raise InputError("settings", f"max new tokens ({settings.generation.max_new_tokens}) leaves no room "
+                             f"for the question in a context of {self.model.config.llama.max_seq_len}",
+                             "fewer max new tokens")
+        turns = [Turn(t.question, t.answer) for t in chat.turns]
+        try:
+            prompt, dropped = fit_chat(turns, lambda text: self.tokenizer.encode(text), budget, settings.context)
+        except InputError:
+            chat.turns.pop()
+            raise
+        if dropped:
+            chat.notices.append(f"The conversation is longer than the model's context: the {dropped} oldest "
+                                f"turn{'s' if dropped > 1 else ''} were left out of the prompt.")
+        turn.answer = ""
+        for delta in self._decode(self.stream_ids(prompt, chat.active_feature(), settings, cancel)):
+            turn.answer += delta
+            yield delta
+        turn.answer = turn.answer.strip()
