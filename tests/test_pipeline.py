@@ -1,0 +1,162 @@
+"""The Pipeline as a user drives it: chat history, media on any turn, context overflow,
+streaming, cancellation, sampling, embedding arithmetic and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+
+from imagebind_llm.errors import InputError
+from imagebind_llm.fusion import fuse
+from imagebind_llm.generation import GenerationConfig, generate, sample_next
+from imagebind_llm.pipeline import Chat, Media, Pipeline, Settings
+from imagebind_llm.preprocess import guess_kind
+from imagebind_llm.tokenizer import Tokenizer
+from imagebind_llm.visual_cache import CacheConfig, VisualCache
+
+from test_imagebind_golden import golden_config
+
+GREEDY = GenerationConfig(max_new_tokens=12, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def pipeline(golden):
+    adapter_config = json.loads((golden / "llama_adapter" / "adapter_config.json").read_text())
+    return Pipeline.from_paths(
+        imagebind=golden / "imagebind" / "weights.pth", imagebind_config=golden_config(golden),
+        llama=golden / "llama_adapter" / adapter_config["llama_type_dir"],
+        adapter=golden / "llama_adapter" / "adapter.pth",
+        tokenizer=golden / "llama_adapter" / adapter_config["tokenizer"], cache=golden / "cache" / "knn.index")
+
+
+@pytest.fixture(scope="module")
+def files(golden):
+    found = {}
+    for path in sorted((golden / "preprocess" / "files").iterdir()):
+        found.setdefault(guess_kind(path), str(path))
+    return found
+
+
+def test_single_turn_chat_equals_the_official_single_prompt(pipeline, files):
+    media = [Media("image", files["image"])]
+    single = "".join(pipeline.stream(media, "What is happening here?", Settings(generation=GREEDY)))
+    chat = Chat()
+    streamed = "".join(pipeline.chat(chat, "What is happening here?", media, Settings(generation=GREEDY)))
+    assert streamed == single
+    assert chat.turns[0].answer == single.strip()
+
+
+def test_history_is_kept_and_media_stay_until_replaced(pipeline, files):
+    settings = Settings(generation=GREEDY)
+    chat = Chat()
+    list(pipeline.chat(chat, "What is happening here?", [Media("image", files["image"])], settings))
+    image_feature = chat.turns[0].feature
+    list(pipeline.chat(chat, "Tell me more.", [], settings))
+    assert len(chat.turns) == 2 and chat.turns[1].feature is None
+    assert torch.equal(chat.active_feature(), image_feature)  # the image is still what the model sees
+    list(pipeline.chat(chat, "And now?", [Media("audio", files["audio"])], settings))
+    assert not torch.equal(chat.active_feature(), image_feature)  # new media replace it
+    # The history shapes the prompt: the same question without history gives another prompt.
+    assert all(t.answer is not None for t in chat.turns)
+
+
+def test_context_overflow_drops_oldest_turns_with_a_notice(pipeline, files):
+    settings = Settings(generation=GenerationConfig(max_new_tokens=200, temperature=0.0))
+    chat = Chat()
+    long_question = "Describe everything in this picture in great detail, please. " * 12
+    for _ in range(4):
+        list(pipeline.chat(chat, long_question, [Media("image", files["image"])], settings))
+    assert len(chat.turns) == 4
+    assert chat.notices and "oldest" in chat.notices[-1]
+
+
+def test_a_question_longer_than_the_context_is_refused_and_not_kept(pipeline):
+    chat = Chat()
+    with pytest.raises(InputError, match="too long"):
+        list(pipeline.chat(chat, "word " * 2000, [], Settings(generation=GREEDY)))
+    assert chat.turns == []
+
+
+def test_stream_never_shows_half_a_character(golden):
+    tokenizer = Tokenizer(golden / "llama_adapter" / "llama" / "tokenizer.model")
+    text = "caf\u00e9 \u6771\u4eac \U0001f415"
+    ids = tokenizer.encode(text, bos=False)
+    decoder = tokenizer.stream()
+    deltas = [decoder.push(i) for i in ids] + [decoder.flush()]
+    assert "".join(deltas) == tokenizer.decode(ids) == text
+    assert all("\ufffd" not in d for d in deltas)
+    assert any(tokenizer.sp.IsByte(i) for i in ids)  # the test really exercises byte pieces
+
+
+def test_cancellation_stops_the_stream(pipeline, files):
+    cancel = threading.Event()
+    settings = Settings(generation=GenerationConfig(max_new_tokens=50, temperature=0.0))
+    received = []
+    for delta in pipeline.stream([Media("image", files["image"])], "What is happening here?", settings, cancel):
+        received.append(delta)
+        cancel.set()
+    assert len(received) == 1
+
+
+def test_sampling_is_reproducible_with_a_seed_and_respects_top_k(pipeline):
+    prompt = pipeline.tokenizer.encode("Hello")
+    config = GenerationConfig(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7)
+    first = generate(pipeline.model, [prompt], config)
+    assert first == generate(pipeline.model, [prompt], config)
+    logits = torch.tensor([[5.0, 4.0, 3.0, -1.0]])
+    for _ in range(20):
+        assert int(sample_next(logits, GenerationConfig(temperature=1.0, top_k=2, top_p=1.0), None)) in (0, 1)
+    # top-p keeps the smallest prefix whose mass before each kept token is <= p
+    assert int(sample_next(logits, GenerationConfig(temperature=1.0, top_p=0.01), None)) == 0
+
+
+def test_batch_of_prompts_equals_each_alone(pipeline):
+    prompts = [pipeline.tokenizer.encode(q) for q in ("Hi", "What is the weather like today in the city?")]
+    batch = generate(pipeline.model, prompts, GREEDY)
+    assert batch == [generate(pipeline.model, [p], GREEDY)[0] for p in prompts]
+
+
+def test_embedding_arithmetic(pipeline, files):
+    image, dog, cat = pipeline.embed([Media("image", files["image"]), Media("text", "a dog"), Media("text", "a cat")])
+    mixed = fuse(torch.stack([image, dog, cat]), [1.0, -1.0, 1.0])
+    expected = torch.nn.functional.normalize(image - dog + cat, dim=-1)
+    assert torch.allclose(mixed, expected, atol=1e-6)
+    assert torch.isclose(mixed.norm(), torch.tensor(1.0))
+    official = fuse(torch.stack([image, cat]), [0.6, 0.4], "official")
+    assert torch.allclose(official, (0.6 * image + 0.4 * cat) / (1 + 1e-6), atol=1e-6)  # not re-normalised
+    with pytest.raises(InputError, match="positive sum"):
+        fuse(torch.stack([image, dog]), [1.0, -1.0], "official")
+
+
+def test_bad_inputs_are_clear_errors(pipeline, files, tmp_path):
+    settings = Settings(generation=GREEDY)
+    image = Media("image", files["image"])
+    with pytest.raises(InputError, match="question is empty"):
+        pipeline.answer([image], "   ", settings)
+    with pytest.raises(InputError, match="all weights are zero"):
+        pipeline.feature([Media("image", files["image"], 0.0)], settings)
+    with pytest.raises(InputError, match="cancel out"):
+        pipeline.feature([image, Media("image", files["image"], -1.0)], settings)
+    with pytest.raises(InputError, match="NaN"):
+        fuse(torch.tensor([[float("nan")] * 4]), [1.0])
+    with pytest.raises(InputError, match="the text is empty"):
+        pipeline.embed([Media("text", "  ")])
+    with pytest.raises(InputError, match="unknown input kind"):
+        pipeline.embed([Media("smell", "x")])
+    broken = tmp_path / "holiday.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 broken")
+    with pytest.raises(InputError, match="holiday.jpg"):
+        pipeline.feature([Media("image", str(broken), name="holiday.jpg")], settings)
+    with pytest.raises(InputError, match="no cache index"):
+        Pipeline(pipeline.imagebind, pipeline.model, pipeline.tokenizer).feature([image], Settings(cache=CacheConfig()))
+    with pytest.raises(InputError, match="max new tokens"):
+        list(pipeline.chat(Chat(), "Hi", [], Settings(generation=GenerationConfig(max_new_tokens=10_000))))
+
+
+def test_cache_width_mismatch_is_refused(pipeline):
+    wrong = VisualCache.from_vectors(torch.randn(50, pipeline.imagebind.config.embed_dim + 3))
+    with pytest.raises(InputError, match="width"):
+        Pipeline(pipeline.imagebind, pipeline.model, pipeline.tokenizer, wrong)
