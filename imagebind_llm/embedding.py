@@ -13,13 +13,33 @@ are separate kinds (they share the vision encoder but not the input shape).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from .encoders.imagebind import ImageBind
 from .errors import InputError
-from .preprocess import KIND_TO_MODALITY, PreprocessOptions, check_kind, load_batch
+from .preprocess import KIND_TO_MODALITY, PreprocessOptions, check_kind, load, load_batch
+
+
+@dataclass
+class Media:
+    """One input: a kind (image, video, audio, text, depth, thermal, imu, point), the item (a path,
+    bytes, array, PIL image, (waveform, rate) or a text) and its weight in the mix."""
+
+    kind: str
+    value: Any
+    weight: float = 1.0
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if isinstance(self.value, (str, Path)):
+            return self.value if self.kind == "text" else Path(self.value).name
+        return f"{self.kind} input"
 
 
 @dataclass
@@ -67,3 +87,25 @@ class Embedder:
             out.official[kind] = encoded["official"]
             out.prenorm[kind] = encoded["prenorm"]
         return out
+
+    def embed_media(self, media: Sequence[Media]) -> torch.Tensor:
+        """Unit embeddings (N, D) of the inputs, in order (batched per kind)."""
+        if not media:
+            raise InputError("inputs", "no input given", "one or more inputs")
+        rows: list[torch.Tensor | None] = [None] * len(media)
+        by_kind: dict[str, list[int]] = {}
+        for index, item in enumerate(media):
+            check_kind(item.kind)
+            if item.kind == "text" and (not isinstance(item.value, str) or not item.value.strip()):
+                raise InputError(item.label or "text input", "the text is empty", "a non-empty text")
+            by_kind.setdefault(item.kind, []).append(index)
+        for kind, indices in by_kind.items():
+            items = [media[i] for i in indices]
+            if kind == "text":
+                inputs = load_batch("text", [m.value for m in items], self.options)
+            else:  # one by one, so that an error names the user's file
+                inputs = torch.stack([load(kind, m.value, self.options, name=m.name) for m in items])
+            unit = self.encode_inputs(kind, inputs)["unit"]
+            for row, index in zip(unit, indices):
+                rows[index] = row.float().cpu()
+        return torch.stack(rows)  # type: ignore[arg-type]

@@ -18,44 +18,25 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from .checkpoint import load_imagebind
 from .config import ImageBindConfig, imagebind_huge
-from .embedding import Embedder
+from .embedding import Embedder, Media
 from .encoders.imagebind import ImageBind
 from .errors import InputError
 from .fusion import FusionMode, fuse
 from .generation import CancelCheck, GenerationConfig, generate_tokens
 from .model import ImageBindLLM
-from .preprocess import PreprocessOptions, check_kind
+from .preprocess import PreprocessOptions
 from .prompts import Turn, fit_chat, format_prompt, validate_question
 from .tokenizer import Tokenizer
 from .visual_cache import CacheConfig, CacheResult, VisualCache
 from .weights import build_language_model, find_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Media:
-    """One input: a kind (image, video, audio, text, depth, thermal, imu, point), the item (a path,
-    bytes, array, PIL image, (waveform, rate) or a text) and its weight in the mix."""
-
-    kind: str
-    value: Any
-    weight: float = 1.0
-    name: str | None = None
-
-    @property
-    def label(self) -> str:
-        if self.name:
-            return self.name
-        if isinstance(self.value, (str, Path)):
-            return self.value if self.kind == "text" else Path(self.value).name
-        return f"{self.kind} input"
 
 
 @dataclass(frozen=True)
@@ -142,32 +123,7 @@ class Pipeline:
 
     def embed(self, media: Sequence[Media]) -> torch.Tensor:
         """Unit embeddings (N, D) of the inputs, in order (batched per kind)."""
-        if not media:
-            raise InputError("inputs", "no input given", "one or more inputs")
-        rows: list[torch.Tensor | None] = [None] * len(media)
-        by_kind: dict[str, list[int]] = {}
-        for index, item in enumerate(media):
-            check_kind(item.kind)
-            if item.kind == "text" and (not isinstance(item.value, str) or not item.value.strip()):
-                raise InputError(item.label or "text input", "the text is empty", "a non-empty text")
-            by_kind.setdefault(item.kind, []).append(index)
-        for kind, indices in by_kind.items():
-            try:
-                inputs = self.embedder.preprocess(kind, [media[i].value for i in indices])
-            except InputError as error:  # name the user's file rather than "image 0"
-                raise self._named(error, [media[i] for i in indices]) from None
-            unit = self.embedder.encode_inputs(kind, inputs)["unit"]
-            for row, index in zip(unit, indices):
-                rows[index] = row.float().cpu()
-        return torch.stack(rows)  # type: ignore[arg-type]
-
-    @staticmethod
-    def _named(error: InputError, items: Sequence[Media]) -> InputError:
-        for item in items:
-            if item.name and item.name not in error.source:
-                if error.source.startswith(f"{item.kind} ") or error.source.startswith("<"):
-                    return InputError(item.name, error.problem, error.accepted)
-        return error
+        return self.embedder.embed_media(media)
 
     def feature(self, media: Sequence[Media], settings: Settings = Settings()) -> Feature:
         """Embed, mix and (optionally) cache-blend the inputs of one request."""

@@ -1,0 +1,258 @@
+"""Command line: ``python -m imagebind_llm chat|embed|build-cache ...``.
+
+    python -m imagebind_llm chat --image photo.jpg "What is in this picture?"
+    python -m imagebind_llm chat --image photo.jpg:0.6 --audio rain.wav:0.4 --cache "What is happening?"
+    python -m imagebind_llm chat --image cat.jpg --text "a cat:-1" --text "a dog:1" "What animal is this?"
+    python -m imagebind_llm chat --interactive --image photo.jpg
+    python -m imagebind_llm embed --image a.jpg --image b.jpg --text "a cat" --out embeddings.pt
+
+An input is ``VALUE`` or ``VALUE:WEIGHT`` (the part after the last colon is a weight only if it
+is a number). The model comes from ``--preset`` or from explicit files (``--imagebind``,
+``--llama``, ``--adapter``, ``--cache``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+import torch
+
+from .preprocess import KINDS
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_input(kind: str, text: str):
+    """``VALUE[:WEIGHT]`` -> Media."""
+    from .embedding import Media
+
+    value, weight = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            weight = float(tail)
+            value = head
+        except ValueError:
+            pass
+    return Media(kind, value, weight, name=value if kind != "text" else None)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, language_model: bool = True) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--preset", help="a named preset (see --list-presets)")
+    group.add_argument("--imagebind", help="ImageBind checkpoint (imagebind_w3D.pth or imagebind_huge.pth)")
+    group.add_argument("--imagebind-config", default="imagebind_huge",
+                       help="ImageBind sizes: imagebind_huge, imagebind_tiny or a config .json")
+    if language_model:
+        group.add_argument("--llama", help="base LLaMA folder (Meta or Hugging Face format)")
+        group.add_argument("--adapter", help="ImageBind-LLM adapter (7B.pth, ...)")
+        group.add_argument("--tokenizer", help="tokenizer.model (default: found beside the LLaMA)")
+        group.add_argument("--cache-index", help="visual cache index (knn.index)")
+    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    group.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                       help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    group.add_argument("--mode", choices=("corrected", "official"), default="corrected",
+                       help="preprocessing: the corrected default or the exact official behaviour")
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inputs (each VALUE or VALUE:WEIGHT, repeatable)")
+    for kind in KINDS:
+        group.add_argument(f"--{kind}", action="append", default=[], metavar="VALUE[:W]")
+
+
+def collect_inputs(args) -> list:
+    return [parse_input(kind, text) for kind in KINDS for text in getattr(args, kind)]
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def load_pipeline(args):
+    from .pipeline import Pipeline
+    from .preprocess import PreprocessOptions
+
+    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
+    preprocess = PreprocessOptions(mode=args.mode)
+    if args.preset or not (args.imagebind and args.llama and args.adapter):
+        from .presets import load_preset_pipeline
+
+        overrides = {"imagebind": args.imagebind, "adapter": args.adapter, "cache_index": args.cache_index}
+        return load_preset_pipeline(args.preset, llama=args.llama, overrides=overrides,
+                                    cache_index=args.cache or bool(args.cache_index),
+                                    device=args.device, dtype=dtype, preprocess=preprocess)
+    return Pipeline.from_paths(imagebind=args.imagebind, llama=args.llama, adapter=args.adapter,
+                               tokenizer=args.tokenizer, cache=args.cache_index, device=args.device, dtype=dtype,
+                               imagebind_config=imagebind_config(args.imagebind_config), preprocess=preprocess)
+
+
+def imagebind_config(name: str):
+    """A preset name or the path of a config written by ``ImageBindConfig.to_json``."""
+    import json
+    from pathlib import Path
+
+    from .config import IMAGEBIND_PRESETS, ImageBindConfig
+
+    if name in IMAGEBIND_PRESETS:
+        return IMAGEBIND_PRESETS[name]()
+    if name.endswith(".json") and Path(name).is_file():
+        return ImageBindConfig.from_dict(json.loads(Path(name).read_text()))
+    raise SystemExit(f"--imagebind-config must be one of {sorted(IMAGEBIND_PRESETS)} or a config .json file")
+
+
+def settings_from(args):
+    from .generation import GenerationConfig
+    from .pipeline import Settings
+    from .visual_cache import CacheConfig
+
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    cache = CacheConfig(args.cache_size, args.cache_t, args.cache_weight) if args.cache else None
+    return Settings(generation=generation, cache=cache, fusion=args.fusion, context=args.context)
+
+
+def run_chat(args) -> int:
+    from .pipeline import Chat
+
+    pipeline = load_pipeline(args)
+    settings = settings_from(args)
+    media = collect_inputs(args)
+    if not args.interactive:
+        if not args.question:
+            raise SystemExit("give a question (or --interactive)")
+        for delta in pipeline.stream(media, args.question, settings):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    chat = Chat()
+    print("Type a question; '/<kind> VALUE[:W]' attaches an input to the next question "
+          f"(kinds: {', '.join(KINDS)}), '/reset' starts over, Ctrl-D quits.")
+    pending = list(media)
+    question = args.question
+    while True:
+        if not question:
+            try:
+                question = input("> ").strip()
+            except EOFError:
+                print()
+                return 0
+        if question.startswith("/"):
+            command, _, rest = question[1:].partition(" ")
+            if command == "reset":
+                chat, pending = Chat(), []
+            elif command in KINDS and rest:
+                pending.append(parse_input(command, rest.strip()))
+            else:
+                print(f"unknown command {question!r}")
+            question = None
+            continue
+        notices = len(chat.notices)
+        for delta in pipeline.chat(chat, question, pending, settings):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        for notice in chat.notices[notices:]:
+            print(f"[{notice}]")
+        pending, question = [], None
+
+
+def run_embed(args) -> int:
+    from .checkpoint import load_imagebind
+    from .embedding import Embedder
+    from .preprocess import PreprocessOptions
+
+    media = collect_inputs(args)
+    if not media:
+        raise SystemExit("give at least one input (--image, --text, ...)")
+    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
+    if args.imagebind and not args.preset:
+        model = load_imagebind(args.imagebind, imagebind_config(args.imagebind_config), device=args.device,
+                               dtype=dtype)
+    else:
+        from .presets import load_preset_imagebind
+
+        model = load_preset_imagebind(args.preset, imagebind=args.imagebind, device=args.device, dtype=dtype)
+    embedder = Embedder(model, PreprocessOptions(mode=args.mode))
+    unit = embedder.embed_media(media)
+    labels = [f"{m.kind}:{m.label}" for m in media]
+    similarity = unit @ unit.T
+    width = max(len(label) for label in labels)
+    print(" " * width + "  " + "  ".join(f"{i:>6d}" for i in range(len(labels))))
+    for i, label in enumerate(labels):
+        print(f"{label:<{width}}  " + "  ".join(f"{v:6.3f}" for v in similarity[i].tolist()) + f"   [{i}]")
+    if args.out:
+        payload = {"labels": labels, "unit": unit, "weights": [m.weight for m in media]}
+        if args.out.endswith(".npy"):
+            import numpy as np
+
+            np.save(args.out, unit.numpy())
+        else:
+            torch.save(payload, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m imagebind_llm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is loaded")
+    parser.add_argument("--list-presets", action="store_true", help="list the model presets and exit")
+    commands = parser.add_subparsers(dest="command")
+
+    chat = commands.add_parser("chat", help="ask a question about inputs of any modality")
+    add_model_arguments(chat)
+    add_input_arguments(chat)
+    chat.add_argument("question", nargs="?")
+    chat.add_argument("--interactive", action="store_true", help="multi-turn chat on stdin")
+    chat.add_argument("--context", help="the official optional '### Input:' text")
+    chat.add_argument("--fusion", choices=("normalized", "official"), default="normalized")
+    chat.add_argument("--cache", action="store_true", help="use the visual cache")
+    chat.add_argument("--cache-size", type=int, default=10)
+    chat.add_argument("--cache-t", type=float, default=20.0)
+    chat.add_argument("--cache-weight", type=float, default=0.5)
+    chat.add_argument("--max-new-tokens", type=int, default=128)
+    chat.add_argument("--temperature", type=float, default=0.1)
+    chat.add_argument("--top-p", type=float, default=0.75)
+    chat.add_argument("--top-k", type=int, default=0)
+    chat.add_argument("--seed", type=int, default=None)
+    chat.set_defaults(run=run_chat)
+
+    embed = commands.add_parser("embed", help="ImageBind embeddings and their similarities")
+    add_model_arguments(embed, language_model=False)
+    add_input_arguments(embed)
+    embed.add_argument("--out", help="write the unit embeddings (.pt with labels, or .npy)")
+    embed.set_defaults(run=run_embed)
+
+    cache = commands.add_parser("build-cache", help="build a visual cache (see imagebind_llm.cache_builder)",
+                                add_help=False)
+    cache.add_argument("rest", nargs=argparse.REMAINDER)
+    cache.set_defaults(run=lambda args: __import__("imagebind_llm.cache_builder", fromlist=["main"]).main(args.rest))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_presets:
+        from .presets import DEFAULT_PRESET, get_preset, list_presets
+
+        for name in [DEFAULT_PRESET] + list_presets():
+            description = "random small weights, no download" if name == DEFAULT_PRESET else get_preset(name).description
+            print(f"{name:24s} {description}")
+        return 0
+    if args.command is None:
+        parser.error("choose a command: chat, embed or build-cache")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    from .errors import ImageBindLLMError
+
+    try:
+        return int(args.run(args) or 0)
+    except ImageBindLLMError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,386 @@
+"""Named presets: which weight files make up a released ImageBind-LLM model, and where they live.
+
+A :class:`WeightFile` says where one file comes from: a file in a Hugging Face repository
+(``repo_id`` + ``filename``, optionally pinned to a ``revision``), a plain ``url``, or a
+``local_path`` (absolute, or relative to the installed ``imagebind_llm`` package, for files that
+ship with it). A :class:`Preset` groups the files of one model: the ImageBind encoder, the
+adapter (bind network, gates, norms, biases, LoRA), the optional visual-cache index and the base
+LLaMA it needs. The weights registry is separate from the architecture: a preset names its
+ImageBind config factory (``imagebind_huge``) instead of repeating sizes.
+
+Nothing here touches the network or the disk; :func:`imagebind_llm.hub.resolve` turns a
+:class:`WeightFile` into a path.
+
+Checksums: the official files are published without checksums, and the Hugging Face hub (whose
+file pages list the LFS sha256) cannot be reached from where this registry was written, so every
+``sha256`` and ``size_bytes`` below is ``None`` (unknown) rather than a guessed value. Unknown
+values only skip the check; fill them in from the hub's file pages (or ``sha256sum`` of a copy
+you trust) to have every load verified.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+from .errors import ImageBindLLMError
+
+HF_ENDPOINT = "https://huggingface.co"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+class UnknownPresetError(ImageBindLLMError, ValueError):
+    """A preset name that is not registered; the message lists the known names."""
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """Where one weight file comes from, and how to check it.
+
+    Exactly one source: ``repo_id`` + ``filename`` (Hugging Face hub; ``revision`` is a branch,
+    tag or commit, default ``main``), ``url`` (any HTTP(S) URL; ``filename`` defaults to the last
+    part of the URL path and names the downloaded file), or ``local_path`` (a path; relative
+    paths are taken inside the ``imagebind_llm`` package). ``sha256`` (hex) and ``size_bytes`` are
+    checked when given; None means unknown, not "do not care".
+    """
+
+    repo_id: str | None = None
+    filename: str | None = None
+    revision: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    url: str | None = None
+    local_path: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        sources = [name for name, value in (("repo_id", self.repo_id), ("url", self.url),
+                                            ("local_path", self.local_path)) if value]
+        if len(sources) != 1:
+            raise ValueError("WeightFile needs exactly one source (repo_id + filename, url or local_path), "
+                             f"got {', '.join(sources) or 'none'}")
+        if self.repo_id:
+            if self.repo_id.count("/") != 1 or not all(self.repo_id.split("/")):
+                raise ValueError(f"WeightFile.repo_id must look like 'owner/name', got {self.repo_id!r}")
+            if not self.filename:
+                raise ValueError(f"WeightFile for {self.repo_id} needs a filename")
+        if self.url:
+            if urlparse(self.url).scheme not in ("http", "https"):
+                raise ValueError(f"WeightFile.url must be an http(s) URL, got {self.url!r}")
+            if not self.filename:
+                name = PurePosixPath(urlparse(self.url).path).name
+                if not name:
+                    raise ValueError(f"WeightFile: cannot take a file name from {self.url!r}; give filename")
+                object.__setattr__(self, "filename", name)
+        if self.revision is not None and not self.repo_id:
+            raise ValueError("WeightFile.revision only applies to Hugging Face hub files")
+        if self.sha256 is not None:
+            digest = self.sha256.lower()
+            if not _SHA256.fullmatch(digest):
+                raise ValueError(f"WeightFile.sha256 must be 64 hex digits, got {self.sha256!r}")
+            object.__setattr__(self, "sha256", digest)
+        if self.size_bytes is not None and self.size_bytes < 0:
+            raise ValueError(f"WeightFile.size_bytes must be >= 0, got {self.size_bytes}")
+
+    @property
+    def kind(self) -> str:
+        """``"hub"``, ``"url"`` or ``"local"``."""
+        return "hub" if self.repo_id else "url" if self.url else "local"
+
+    @property
+    def name(self) -> str:
+        """The file's base name (``consolidated.00.pth``), for messages and logs."""
+        if self.local_path:
+            return Path(self.local_path).name
+        return PurePosixPath(self.filename).name  # type: ignore[arg-type]
+
+    @property
+    def download_url(self) -> str | None:
+        """The HTTP URL of a hub or URL file (None for a local file)."""
+        if self.repo_id:
+            return f"{HF_ENDPOINT}/{self.repo_id}/resolve/{self.revision or 'main'}/{self.filename}"
+        return self.url
+
+    @property
+    def path(self) -> Path | None:
+        """The path of a local file (relative paths inside the package); None for other kinds."""
+        if not self.local_path:
+            return None
+        path = Path(self.local_path).expanduser()
+        return path if path.is_absolute() else PACKAGE_DIR / path
+
+    def describe(self) -> str:
+        """One line naming the file and its source, for messages."""
+        if self.repo_id:
+            at = f" @ {self.revision}" if self.revision else ""
+            return f"{self.filename} from the Hugging Face repository {self.repo_id}{at}"
+        if self.url:
+            return f"{self.filename} from {self.url}"
+        return f"local file {self.path}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The files and settings of one released model.
+
+    ``llama_type`` is the base folder name the official code uses (``<llama_dir>/<llama_type>``):
+    ``7B`` is Meta's LLaMA-7B, ``7B_chinese`` is LLaMA-7B plus the Open-Chinese-LLaMA delta
+    (``llama_delta``: add it to the 7B weights, reference.md 4.12). ``llama_requirement`` says the
+    same in words, for users. ``legacy_bridge`` selects the LayerNorm bind network of the beta
+    adapter (reference.md 7.2, item 1).
+    """
+
+    name: str
+    description: str
+    imagebind: WeightFile
+    adapter: WeightFile
+    llama_type: str
+    llama_requirement: str
+    imagebind_config: str = "imagebind_huge"
+    cache_index: WeightFile | None = None
+    llama_delta: tuple[WeightFile, ...] = ()
+    legacy_bridge: bool = False
+
+    def __post_init__(self) -> None:
+        if not _PRESET_NAME.fullmatch(self.name):
+            raise ValueError(f"preset names are lower-case letters, digits, '.', '_' and '-', got {self.name!r}")
+        from .config import IMAGEBIND_PRESETS
+
+        if self.imagebind_config not in IMAGEBIND_PRESETS:
+            raise ValueError(f"preset {self.name}: unknown ImageBind config {self.imagebind_config!r}; "
+                             f"known: {', '.join(IMAGEBIND_PRESETS)}")
+
+    def build_imagebind_config(self, with_point: bool = True):
+        """The :class:`~imagebind_llm.config.ImageBindConfig` these weights were trained with."""
+        from .config import IMAGEBIND_PRESETS
+
+        return IMAGEBIND_PRESETS[self.imagebind_config](with_point=with_point)
+
+    def files(self) -> dict[str, WeightFile]:
+        """Every downloadable file of the preset by role (``imagebind``, ``adapter``,
+        ``cache_index``, ``llama_delta/<name>``)."""
+        out = {"imagebind": self.imagebind, "adapter": self.adapter}
+        if self.cache_index is not None:
+            out["cache_index"] = self.cache_index
+        out.update({f"llama_delta/{f.name}": f for f in self.llama_delta})
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The official files (reference.md 1.9, 4.12, 7.3)
+# ---------------------------------------------------------------------------------------------
+# sha256 / size_bytes: None everywhere = not published where we could read it (see the module
+# docstring). Revisions: only imagebind_w3D.pth is pinned, because the official code pins it; the
+# others are read from `main`, as the official code does. Approximate sizes are in descriptions.
+
+IMAGEBIND_W3D = WeightFile(
+    repo_id="ZiyuG/ImageBind_w3D", filename="imagebind_w3D.pth",
+    revision="e9206a10f118b0790c730264e7b3aa5c324c35cb",
+    description="ImageBind-huge with the Point-BERT 3D branch, as used by ImageBind-LLM (1,476 tensors)")
+IMAGEBIND_HUGE = WeightFile(
+    url="https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth",
+    description="the original ImageBind-huge from Meta (no 3D branch; about 4.5 GB)")
+ADAPTER_7B = WeightFile(
+    repo_id="Cxxs/ImageBind-LLM", filename="7B.pth",
+    description="the stable ImageBind-LLM adapter, trained on Open-Chinese-LLaMA-7B")
+ADAPTER_7B_BETA = WeightFile(
+    repo_id="Cxxs/ImageBind-LLM", filename="7B-beta.pth",
+    description="the beta ImageBind-LLM adapter (legacy LayerNorm bridge), on LLaMA-7B")
+ADAPTER_7B_PRETRAINED = WeightFile(
+    repo_id="Cxxs/ImageBind-LLM", filename="7B-pretrained.pth",
+    description="the image-text pretrained adapter, the starting point of fine-tuning")
+KNN_INDEX = WeightFile(
+    repo_id="csuhan/knn", filename="knn.index",
+    description="FAISS index of about 3 million ImageBind image features for the visual cache (about 13 GB)")
+CHINESE_DELTA_WEIGHTS = WeightFile(
+    repo_id="Cxxs/Open-Chinese-LLaMA", filename="7B_chinese_delta/consolidated.00.pth",
+    description="Open-Chinese-LLaMA-7B as an additive delta over Meta's LLaMA-7B")
+CHINESE_DELTA_PARAMS = WeightFile(
+    repo_id="Cxxs/Open-Chinese-LLaMA", filename="7B_chinese_delta/params.json",
+    description="params.json of Open-Chinese-LLaMA-7B (copied beside the merged weights)")
+
+WEIGHT_FILES: dict[str, WeightFile] = {
+    "imagebind_w3D": IMAGEBIND_W3D,
+    "imagebind_huge": IMAGEBIND_HUGE,
+    "7B": ADAPTER_7B,
+    "7B-beta": ADAPTER_7B_BETA,
+    "7B-pretrained": ADAPTER_7B_PRETRAINED,
+    "knn": KNN_INDEX,
+    "7B_chinese_delta/consolidated.00.pth": CHINESE_DELTA_WEIGHTS,
+    "7B_chinese_delta/params.json": CHINESE_DELTA_PARAMS,
+}
+
+_LLAMA_FORM = "https://forms.gle/jk851eBVbX1m5TAv5"
+
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset, *, overwrite: bool = False) -> Preset:
+    """Add a preset to the registry (``overwrite=True`` replaces one of the same name)."""
+    if preset.name in _PRESETS and not overwrite:
+        raise ValueError(f"a preset named {preset.name!r} is already registered")
+    _PRESETS[preset.name] = preset
+    return preset
+
+
+def list_presets() -> list[str]:
+    """The registered preset names, in registration order."""
+    return list(_PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; an unknown name raises :class:`UnknownPresetError` listing
+    the known ones."""
+    try:
+        return _PRESETS[name]
+    except (KeyError, TypeError):
+        pass
+    known = list_presets()
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UnknownPresetError(f"unknown preset {name!r}. Known presets: {', '.join(known) or '(none)'}.{hint}")
+
+
+register_preset(Preset(
+    name="imagebind-llm-7b",
+    description="ImageBind-LLM stable release (7B.pth) on Open-Chinese-LLaMA-7B",
+    imagebind=IMAGEBIND_W3D,
+    adapter=ADAPTER_7B,
+    cache_index=KNN_INDEX,
+    llama_type="7B_chinese",
+    llama_requirement=(
+        "Open-Chinese-LLaMA-7B ('7B_chinese'): Meta's LLaMA-7B (request it at " + _LLAMA_FORM + ") plus the "
+        "Open-Chinese-LLaMA delta (Cxxs/Open-Chinese-LLaMA, 7B_chinese_delta/), added tensor by tensor. "
+        "The adapter was trained on this base; the official demo.py loads it on plain LLaMA-7B, which "
+        "does not match its training."),
+    llama_delta=(CHINESE_DELTA_WEIGHTS, CHINESE_DELTA_PARAMS),
+    legacy_bridge=False,
+))
+
+register_preset(Preset(
+    name="imagebind-llm-7b-beta",
+    description="ImageBind-LLM beta release (7B-beta.pth) with the legacy LayerNorm bridge",
+    imagebind=IMAGEBIND_W3D,
+    adapter=ADAPTER_7B_BETA,
+    cache_index=KNN_INDEX,
+    llama_type="7B",
+    llama_requirement="Meta's LLaMA-7B ('7B'), unchanged (request it at " + _LLAMA_FORM + ").",
+    legacy_bridge=True,
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# Small models that need no download
+# ---------------------------------------------------------------------------------------------
+
+#: A random-weight model of the small sizes: every feature works, the answers are noise. The
+#: app starts on it (and says so) until a trained default ships with the project.
+UNTRAINED_PRESET = "tiny-untrained"
+DEFAULT_PRESET = UNTRAINED_PRESET
+
+
+def untrained_tokenizer(directory: Path | None = None) -> Path:
+    """A small SentencePiece tokenizer (1000 pieces, byte fallback, LLaMA's special ids) trained
+    on this package's own docstrings, written once to the user cache."""
+    import importlib
+    import inspect
+    import io
+    import os
+    import pkgutil
+
+    import sentencepiece
+
+    from . import __version__
+
+    directory = Path(directory or os.environ.get("IMAGEBIND_LLM_CACHE", Path.home() / ".cache" / "imagebind_llm"))
+    path = directory / f"untrained-tokenizer-{__version__}.model"
+    if path.is_file():
+        return path
+    package = importlib.import_module(__package__)
+    texts = []
+    for info in sorted(pkgutil.walk_packages(package.__path__, __package__ + "."), key=lambda i: i.name):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        texts += [inspect.getdoc(obj) or "" for obj in [module, *vars(module).values()]
+                  if obj is module or getattr(obj, "__module__", None) == info.name]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter("\n".join(texts).splitlines()), model_writer=model, vocab_size=1000,
+        model_type="bpe", byte_fallback=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        num_threads=1, minloglevel=2)
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    partial.write_bytes(model.getvalue())
+    partial.replace(path)
+    return path
+
+
+def build_untrained_pipeline(seed: int = 0, *, device="cpu", dtype=None, preprocess=None, cache_size: int = 2000):
+    """The ``tiny-untrained`` pipeline: ImageBind ``imagebind_tiny`` and a 2-layer LLaMA with
+    seeded random weights, the untrained tokenizer and a random visual cache. Built in memory."""
+    import torch
+
+    from .config import AdapterConfig, ImageBindLLMConfig, LlamaConfig, imagebind_tiny
+    from .encoders.imagebind import ImageBind
+    from .model import ImageBindLLM
+    from .pipeline import Pipeline
+    from .tokenizer import Tokenizer
+    from .visual_cache import VisualCache
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        imagebind = ImageBind(imagebind_tiny()).eval()
+        tokenizer = Tokenizer(untrained_tokenizer())
+        llama = LlamaConfig(dim=64, n_layers=2, n_heads=4, vocab_size=tokenizer.n_words, multiple_of=32)
+        adapter = AdapterConfig(imagebind_dim=imagebind.config.embed_dim, query_layer=2)
+        model = ImageBindLLM(ImageBindLLMConfig(llama, adapter)).eval().requires_grad_(False)
+        cache = VisualCache.from_vectors(torch.randn(cache_size, imagebind.config.embed_dim))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    imagebind.to(device=device, dtype=dtype)
+    model.to(device=device, dtype=dtype)
+    return Pipeline(imagebind, model, tokenizer, cache, preprocess, name=UNTRAINED_PRESET)
+
+
+def load_preset_pipeline(name: str | None = None, *, llama=None, overrides=None, cache_index: bool = True,
+                         device="cpu", dtype=None, preprocess=None):
+    """A ready :class:`~imagebind_llm.pipeline.Pipeline` for a preset name (default
+    :data:`DEFAULT_PRESET`). Released presets need ``llama``, the base LLaMA folder (see
+    ``preset.llama_requirement``); their files are resolved (downloaded) by :mod:`.hub`."""
+    import torch
+
+    from .errors import CheckpointError
+    from .hub import resolve_preset
+    from .pipeline import Pipeline
+
+    name = name or DEFAULT_PRESET
+    if name == UNTRAINED_PRESET:
+        return build_untrained_pipeline(device=device, dtype=dtype, preprocess=preprocess)
+    preset = get_preset(name)
+    if llama is None:
+        raise CheckpointError(f"preset {name} needs a base LLaMA folder (--llama PATH): {preset.llama_requirement}")
+    files = resolve_preset(preset, overrides=overrides, cache_index=cache_index)
+    return Pipeline.from_paths(imagebind=files.imagebind, llama=llama, adapter=files.adapter,
+                               cache=files.cache_index, imagebind_config=preset.build_imagebind_config(),
+                               device=device, dtype=dtype or torch.float32, preprocess=preprocess, name=name)
+
+
+def load_preset_imagebind(name: str | None = None, *, imagebind=None, device="cpu", dtype=None):
+    """Only the ImageBind encoder of a preset (for embeddings; no LLaMA needed)."""
+    from .checkpoint import load_imagebind
+    from .hub import resolve
+
+    name = name or DEFAULT_PRESET
+    if name == UNTRAINED_PRESET:
+        return build_untrained_pipeline(device=device, dtype=dtype).imagebind
+    preset = get_preset(name)
+    path = imagebind or resolve(preset.imagebind, role="imagebind")
+    return load_imagebind(path, preset.build_imagebind_config(), device=device, dtype=dtype)

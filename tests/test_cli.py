@@ -1,0 +1,98 @@
+"""The command line, driven through main([...]) on the golden small models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from imagebind_llm.cli import main, parse_input
+from imagebind_llm.preprocess import guess_kind
+
+from test_imagebind_golden import golden_config
+
+
+@pytest.fixture(scope="module")
+def model_args(golden, tmp_path_factory):
+    config_path = tmp_path_factory.mktemp("cli") / "imagebind.json"
+    config_path.write_text(golden_config(golden).to_json())
+    adapter_config = json.loads((golden / "llama_adapter" / "adapter_config.json").read_text())
+    return ["--imagebind", str(golden / "imagebind" / "weights.pth"), "--imagebind-config", str(config_path),
+            "--llama", str(golden / "llama_adapter" / adapter_config["llama_type_dir"]),
+            "--adapter", str(golden / "llama_adapter" / "adapter.pth"),
+            "--tokenizer", str(golden / "llama_adapter" / adapter_config["tokenizer"]),
+            "--cache-index", str(golden / "cache" / "knn.index")]
+
+
+@pytest.fixture(scope="module")
+def files(golden):
+    found = {}
+    for path in sorted((golden / "preprocess" / "files").iterdir()):
+        found.setdefault(guess_kind(path), str(path))
+    return found
+
+
+def test_parse_input_weights():
+    assert (parse_input("image", "a.jpg:0.5").value, parse_input("image", "a.jpg:0.5").weight) == ("a.jpg", 0.5)
+    assert parse_input("text", "a dog:-1").weight == -1.0
+    assert parse_input("text", "ratio 16:9 screen").value == "ratio 16:9 screen"  # not a weight
+    assert parse_input("image", "a.jpg").weight == 1.0
+
+
+def test_chat_answers(model_args, files, capsys):
+    assert main(["chat", *model_args, "--image", files["image"], "--audio", files["audio"] + ":0.5", "--cache",
+                 "--temperature", "0", "--max-new-tokens", "8", "What is happening here?"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_chat_every_modality_and_arithmetic(model_args, files, capsys):
+    assert main(["chat", *model_args, "--video", files["video"], "--point", files["point"],
+                 "--text", "a dog:-1", "--text", "a cat", "--temperature", "0", "--max-new-tokens", "4", "Hi?"]) == 0
+
+
+def test_interactive_chat(model_args, files, capsys, monkeypatch):
+    lines = iter([f"/image {files['image']}", "What is this?", "/reset", "And this?"])
+
+    def fake_input(prompt=""):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert main(["chat", *model_args, "--interactive", "--temperature", "0", "--max-new-tokens", "4"]) == 0
+
+
+def test_bad_input_is_an_error_line_not_a_traceback(model_args, capsys, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    assert main(["chat", *model_args, "--image", str(broken), "Hi?"]) == 2
+    assert "broken.png" in capsys.readouterr().err
+
+
+def test_embed_prints_similarities_and_saves(model_args, files, tmp_path, capsys):
+    out = tmp_path / "emb.pt"
+    args = model_args[:4]  # ImageBind only
+    assert main(["embed", *args, "--image", files["image"], "--text", "a dog", "--text", "a cat",
+                 "--out", str(out)]) == 0
+    saved = torch.load(out, weights_only=True)
+    assert saved["unit"].shape[0] == 3 and len(saved["labels"]) == 3
+    assert "text:a dog" in capsys.readouterr().out
+
+
+def test_default_preset_needs_no_files(files, capsys):
+    """Without model flags the small untrained preset runs (no download)."""
+    assert main(["chat", "--image", files["image"], "--max-new-tokens", "3", "Hi?"]) == 0
+    assert main(["--list-presets"]) == 0
+    assert "tiny-untrained" in capsys.readouterr().out
+
+
+def test_released_preset_without_base_llama_says_what_it_needs(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert main(["chat", "--preset", "imagebind-llm-7b", "Hi?"]) == 2
+    assert "7B_chinese" in capsys.readouterr().err
+    assert main(["chat", "--preset", "imagebind-llm-7b", "--llama", str(tmp_path), "Hi?"]) == 2
+    error = capsys.readouterr().err
+    assert "imagebind_w3D.pth" in error and "download" in error
