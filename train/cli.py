@@ -1,0 +1,104 @@
+"""``python -m train --stage pretrain|finetune --config run.yaml [section.key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import STAGES, build_config, describe, parse_overrides
+
+EPILOG = """\
+examples:
+  python -m train --stage pretrain --config train/configs/pretrain.yaml
+  python -m train --stage finetune --config train/configs/finetune.yaml optim.batch_size=2 optim.accum_iter=8
+  python -m train --stage pretrain --config run.yaml --precompute          # ImageBind features to data.features
+  torchrun --nproc_per_node 8 -m train --stage finetune --config run.yaml --strategy fsdp
+  python -m train --stage finetune --config run.yaml --resume auto         # continue the newest checkpoint
+overrides are section.key=value (sections: model, data, optim; run keys have no section), values in YAML
+syntax: optim.blr=1e-3 data.train=[a.json,b.json] optim.clip_grad=null. See train/README.md.
+"""
+
+_TAG = "_imagebind_llm_train"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train", description="Train ImageBind-LLM (stage 1 pre-training, "
+                                "stage 2 instruction tuning).", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=tuple(STAGES), help="which stage's defaults to start from (default: the "
+                   "config's 'stage', else finetune)")
+    p.add_argument("--config", help="run YAML (sections model, data, optim; the official META data YAML works too)")
+    p.add_argument("--strategy", choices=("ddp", "fsdp"), help="ddp (default) or fsdp (FSDP2 fully_shard)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--resume", help="a checkpoint file, a run folder, or 'auto' (the newest in out_dir)")
+    p.add_argument("--out", help="output folder (out_dir; may contain {stage})")
+    p.add_argument("--precompute", action="store_true",
+                   help="only write the ImageBind features of the data to data.features (resumable), then stop")
+    p.add_argument("--export-only", action="store_true",
+                   help="only export the adapter of the --resume checkpoint (no training)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    return p
+
+
+def setup_logging(is_main: bool, out_dir: Path | None) -> list[logging.Handler]:
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if is_main and out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(out_dir / "train.log"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        setattr(handler, _TAG, True)
+    for name in ("train", "imagebind_llm"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, _TAG, False)]:
+            logger.removeHandler(old)
+            old.close()
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO if is_main else logging.WARNING)
+        logger.propagate = False
+    return handlers
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_intermixed_args(argv)
+    overrides = parse_overrides(args.overrides)
+    for flag, key in (("strategy", "strategy"), ("device", "device"), ("resume", "resume"), ("out", "out_dir")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.export_only and not (args.resume or overrides.get("resume")):
+        raise SystemExit("--export-only needs --resume CHECKPOINT")
+    config = build_config(args.stage, args.config, overrides)
+    if args.print_config:
+        print(describe(config))
+        return {"config": config.to_dict()}
+
+    from . import distributed as D
+    from .engine import run
+
+    info = D.init(config.device)
+    handlers = setup_logging(info.is_main, config.output_dir)
+    ok = False
+    try:
+        summary = run(config, info, precompute_only=args.precompute, export_only=args.export_only)
+        ok = True
+        return summary
+    finally:
+        if ok:
+            D.cleanup(info)
+        elif info.distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+        for name in ("train", "imagebind_llm"):
+            logger = logging.getLogger(name)
+            for handler in handlers:
+                logger.removeHandler(handler)
+        for handler in handlers:
+            handler.flush()
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
