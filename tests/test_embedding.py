@@ -86,3 +86,29 @@ def test_guess_kind_from_names_and_content(tmp_path):
         path = tmp_path / f"array_{shape[0]}x{shape[1]}.npy"
         np.save(path, np.zeros(shape, dtype=np.float32))
         assert guess_kind(path) == kind, shape
+
+
+def test_every_kind_loads_through_the_single_entry_point(tmp_path):
+    """preprocess.load works for every kind, in both modes (depth/thermal/IMU have no mode)."""
+    import numpy as np
+    from PIL import Image
+
+    from imagebind_llm.preprocess import KINDS, load
+
+    Image.fromarray((np.random.rand(64, 80) * 4000).astype(np.uint16)).save(tmp_path / "d.png")
+    Image.fromarray((np.random.rand(64, 80) * 255).astype(np.uint8)).save(tmp_path / "t.png")
+    Image.fromarray((np.random.rand(64, 80, 3) * 255).astype(np.uint8)).save(tmp_path / "i.png")
+    np.save(tmp_path / "imu.npy", np.random.randn(6, 500).astype(np.float32))
+    np.save(tmp_path / "p.npy", np.random.randn(100, 3).astype(np.float32))
+    import soundfile
+
+    soundfile.write(tmp_path / "a.wav", np.random.randn(16000).astype(np.float32) * 0.1, 16000)
+    frames = (np.random.rand(8, 32, 48, 3) * 255).astype(np.uint8)
+    items = {"image": tmp_path / "i.png", "depth": tmp_path / "d.png", "thermal": tmp_path / "t.png",
+             "imu": tmp_path / "imu.npy", "point": tmp_path / "p.npy", "audio": tmp_path / "a.wav",
+             "text": "a dog", "video": (frames, 4)}
+    assert set(items) == set(KINDS)
+    for mode in ("official", "corrected"):
+        options = PreprocessOptions(mode=mode)
+        for kind, item in items.items():
+            assert load(kind, item if kind in ("text", "video") else str(item), options).numel() > 0, kind

@@ -71,9 +71,9 @@ class PreprocessOptions:
             module, cls = "text", "TextOptions"
         else:
             module, _, cls = _LOADERS[kind]
-        given = self.options.get(kind)
-        if given is None:
-            return getattr(_module(module), cls)(mode=self.mode)
+        options_class = getattr(_module(module), cls)
+        given = self.options.get(kind) or options_class()
+        # depth, thermal and IMU have no official loader, hence no mode
         return replace(given, mode=self.mode) if hasattr(given, "mode") else given
 
 
