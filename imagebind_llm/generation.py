@@ -112,8 +112,11 @@ def generate_tokens(
     key_padding = torch.arange(total, device=device)[None] < pad[:, None] if padded else None
     positions = (torch.arange(longest, device=device)[None] - pad[:, None]).clamp(min=0) if padded else None
 
-    cache = KVCache(model.config.llama, batch, total, model.dtype, device)
-    injections = model.injections(visual_query.to(device)) if visual_query is not None else None
+    # Inference mode is entered per step, never held across a yield: a consumer may resume this
+    # generator on another thread (gradio does), where the mode must not leak.
+    with torch.inference_mode():
+        cache = KVCache(model.config.llama, batch, total, model.dtype, device)
+        injections = model.injections(visual_query.to(device)) if visual_query is not None else None
     generator = None
     if config.seed is not None and config.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -121,35 +124,34 @@ def generate_tokens(
     done = [False] * batch
     produced = [0] * batch
     step_tokens, start = tokens, 0
-    with torch.inference_mode():
-        for _ in range(max(limits)):
-            if _is_cancelled(cancel):
-                return
-            logits = model.llama(step_tokens, start=start, cache=cache, injections=injections,
-                                 positions=positions,
+    for _ in range(max(limits)):
+        if _is_cancelled(cancel):
+            return
+        with torch.inference_mode():
+            logits = model.llama(step_tokens, start=start, cache=cache, injections=injections, positions=positions,
                                  key_padding=None if key_padding is None else key_padding[:, :start + step_tokens.shape[1]],
                                  last_only=True)
-            start += step_tokens.shape[1]
             next_tokens = sample_next(logits, config, generator)
-            out: list[int | None] = []
-            for row, token in enumerate(next_tokens.tolist()):
-                if done[row]:
-                    out.append(None)
-                    continue
-                produced[row] += 1
-                if eos_id is not None and token == eos_id:
-                    done[row] = True
-                    out.append(None)
-                    continue
-                out.append(token)
-                if produced[row] >= limits[row]:
-                    done[row] = True
-            yield out
-            if all(done):
-                return
-            step_tokens = next_tokens[:, None]
-            if padded:
-                positions = (start - pad)[:, None]
+        start += step_tokens.shape[1]
+        out: list[int | None] = []
+        for row, token in enumerate(next_tokens.tolist()):
+            if done[row]:
+                out.append(None)
+                continue
+            produced[row] += 1
+            if eos_id is not None and token == eos_id:
+                done[row] = True
+                out.append(None)
+                continue
+            out.append(token)
+            if produced[row] >= limits[row]:
+                done[row] = True
+        yield out
+        if all(done):
+            return
+        step_tokens = next_tokens[:, None]
+        if padded:
+            positions = (start - pad)[:, None]
 
 
 def generate(model, prompts: Sequence[Sequence[int]], config: GenerationConfig, **kwargs) -> list[list[int]]:

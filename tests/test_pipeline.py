@@ -160,3 +160,15 @@ def test_cache_width_mismatch_is_refused(pipeline):
     wrong = VisualCache.from_vectors(torch.randn(50, pipeline.imagebind.config.embed_dim + 3))
     with pytest.raises(InputError, match="width"):
         Pipeline(pipeline.imagebind, pipeline.model, pipeline.tokenizer, wrong)
+
+
+def test_stream_can_be_resumed_on_another_thread(pipeline, files):
+    """gradio resumes generators on other threads: inference mode must not leak between steps."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stream = pipeline.stream([Media("image", files["image"])], "What is happening here?", Settings(generation=GREEDY))
+    with ThreadPoolExecutor(2) as pool:
+        parts = [pool.submit(next, stream).result() for _ in range(2)]
+    assert all(isinstance(p, str) for p in parts)
+    assert not torch.is_inference_mode_enabled()
+    torch.zeros(2).add_(1)  # plain in-place work still runs on this thread
