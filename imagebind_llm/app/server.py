@@ -1,0 +1,146 @@
+"""``python app.py``: parse flags (and environment variables), load the model once, build the
+page and serve it.
+
+Every flag has an environment variable (Hugging Face Spaces and containers set those instead
+of flags); a flag given on the command line wins. The model flags are the command line's
+(:func:`imagebind_llm.cli.add_model_arguments`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+log = logging.getLogger("imagebind_llm.app")
+
+#: flag destination -> environment variable.
+ENVIRONMENT = {
+    "preset": "IMAGEBIND_LLM_PRESET",
+    "imagebind": "IMAGEBIND_LLM_IMAGEBIND",
+    "imagebind_config": "IMAGEBIND_LLM_IMAGEBIND_CONFIG",
+    "llama": "IMAGEBIND_LLM_LLAMA",
+    "adapter": "IMAGEBIND_LLM_ADAPTER",
+    "tokenizer": "IMAGEBIND_LLM_TOKENIZER",
+    "cache_index": "IMAGEBIND_LLM_CACHE_INDEX",
+    "visual_cache": "IMAGEBIND_LLM_VISUAL_CACHE",
+    "device": "IMAGEBIND_LLM_DEVICE",
+    "dtype": "IMAGEBIND_LLM_DTYPE",
+    "mode": "IMAGEBIND_LLM_MODE",
+    "host": "GRADIO_SERVER_NAME",
+    "port": "GRADIO_SERVER_PORT",
+    "share": "IMAGEBIND_LLM_SHARE",
+    "queue_size": "IMAGEBIND_LLM_QUEUE_SIZE",
+    "concurrency": "IMAGEBIND_LLM_CONCURRENCY",
+    "max_file_size": "IMAGEBIND_LLM_MAX_FILE_SIZE",
+}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected 1/0, true/false, yes/no or on/off, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..cli import add_model_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="python app.py", description="ImageBind-LLM app: multimodal chat, per-modality tabs and embedding "
+        "arithmetic in the browser. Every flag also reads an environment variable (shown in brackets).")
+    add_model_arguments(parser)
+    group = parser.add_argument_group("app")
+    group.add_argument("--visual-cache", type=_flag, nargs="?", const=True, default=False, metavar="BOOL",
+                       help="load the preset's visual-cache index (the official knn.index is about 13 GB); "
+                            "the tiny-untrained preset always has its small random cache")
+    group.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    group.add_argument("--port", type=int, default=7860)
+    group.add_argument("--share", type=_flag, nargs="?", const=True, default=False, metavar="BOOL",
+                       help="also serve through a public gradio.live link (needs internet)")
+    group.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue (0: no bound)")
+    group.add_argument("--concurrency", type=int, default=1,
+                       help="model requests running at once, all tabs together (1 on a CPU or a small GPU)")
+    group.add_argument("--max-file-size", type=float, default=200.0, metavar="MB",
+                       help="largest upload in megabytes (0: no limit)")
+    for action in parser._actions:
+        if action.dest in ENVIRONMENT:
+            action.help = f"{action.help or ''} [{ENVIRONMENT[action.dest]}]".strip()
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """Flags over environment variables over defaults."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    defaults = {dest: environ[name] for dest, name in ENVIRONMENT.items() if environ.get(name, "") != ""}
+    # String defaults go through each flag's type (argparse converts them), so "8" becomes 8.
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    for dest in ("visual_cache", "share"):  # a default from the environment is still a string
+        if isinstance(getattr(args, dest), str):
+            setattr(args, dest, _flag(getattr(args, dest)))
+    if args.dtype is not None and args.dtype not in ("float32", "float16", "bfloat16"):
+        parser.error(f"--dtype / {ENVIRONMENT['dtype']} must be float32, float16 or bfloat16, got {args.dtype!r}")
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    if args.queue_size < 0 or args.max_file_size < 0:
+        parser.error("--queue-size and --max-file-size must be >= 0")
+    return args
+
+
+def max_bytes_of(args: argparse.Namespace) -> int | None:
+    return int(args.max_file_size * 1e6) if args.max_file_size else None
+
+
+def load_app_pipeline(args: argparse.Namespace):
+    """Load the model the flags name (default: the tiny-untrained preset), logging how long it took."""
+    from ..cli import load_pipeline
+    from ..presets import DEFAULT_PRESET
+    from .handlers import configure_pipeline
+
+    args.cache = args.visual_cache  # the command line's name for "load the preset's cache index"
+    name = args.preset or (DEFAULT_PRESET if not (args.imagebind and args.llama and args.adapter) else "custom files")
+    log.info("loading model %s on %s (%s) ...", name, args.device, args.dtype or "default dtype")
+    started = time.perf_counter()
+    pipeline = load_pipeline(args)
+    configure_pipeline(pipeline, max_bytes_of(args))
+    log.info("model %s ready in %.1f s", pipeline.name, time.perf_counter() - started)
+    return pipeline
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "faiss.loader"):  # one line per HTTP request / per faiss build tried
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from ..errors import ImageBindLLMError
+
+    try:
+        pipeline = load_app_pipeline(args)
+    except ImageBindLLMError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    from .ui import build_demo, launch_kwargs
+
+    max_bytes = max_bytes_of(args)
+    demo = build_demo(pipeline, concurrency=args.concurrency, queue_size=args.queue_size or None, max_bytes=max_bytes)
+    log.info("page built in %.1f s; serving on http://%s:%d (queue %s, %d at once, uploads up to %s)",
+             time.perf_counter() - started, args.host, args.port, args.queue_size or "unbounded", args.concurrency,
+             f"{args.max_file_size:g} MB" if max_bytes else "any size")
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(max_bytes))
+    except OSError as error:  # most often: the port is taken
+        print(f"error: cannot serve on {args.host}:{args.port}: {error} (choose another with --port)",
+              file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,613 @@
+"""The Gradio page: :func:`build_demo` returns the Blocks (not launched).
+
+Layout: a header that says which model answers, a settings accordion shared by every tab,
+then the tabs Chat, Image, Audio, Video, 3D and Embedding arithmetic.
+
+* The model is a read-only global: :func:`build_demo` registers the pipeline under a key and
+  the event functions (module-level, below) get a small :class:`AppContext` holding that key.
+  Nothing big is ever passed as an argument, which is what ZeroGPU needs (it ships the
+  arguments of ``@spaces.GPU`` functions to a worker process).
+* Each browser session has its own ``gr.State`` (a :class:`~.handlers.ChatSession`).
+* Every model event shares one concurrency group (``concurrency_id="model"``) whose limit is
+  ``concurrency``; ``queue_size`` bounds the waiting line.
+* A user mistake (unsupported, corrupt, empty or oversize file, empty question...) becomes a
+  ``gr.Error`` with the library's message (what, why, what is accepted); any other exception
+  is logged with its traceback on the server and shown as a short message. The user's text
+  and files stay where they were.
+
+Stable API names (gradio_client): ``chat``, ``retry``, ``undo``, ``clear``, ``ask_image``,
+``ask_audio``, ``ask_video``, ``ask_3d``, ``mix``. See the README's "App" section.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..embedding import Media
+from ..errors import ImageBindLLMError
+from ..pipeline import Pipeline
+from . import handlers as H
+
+log = logging.getLogger(__name__)
+
+try:  # ZeroGPU on Hugging Face Spaces: a GPU is attached only while a decorated function runs.
+    import spaces
+
+    GPU = spaces.GPU
+except ImportError:  # anywhere else: the functions run as they are
+
+    def GPU(fn=None, **kwargs):
+        return fn if fn is not None else (lambda f: f)
+
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+API_NAMES = ("chat", "retry", "undo", "clear", "ask_image", "ask_audio", "ask_video", "ask_3d", "mix")
+MODEL_GROUP = "model"
+DEFAULT_QUEUE_SIZE = 32
+DEFAULT_CONCURRENCY = 1
+
+# System fonts only: the default themes link Google Fonts, which an offline machine cannot reach.
+THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                       font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
+CSS = """
+#header blockquote { border-left: 4px solid #f59e0b; background: #fffbeb; padding: 0.4em 0.8em; }
+.dark #header blockquote { background: #3b2f12; }
+"""
+
+_PIPELINES: dict[str, Pipeline] = {}
+#: The default that makes gradio pass a progress tracker (it makes a new one for every call).
+PROGRESS = gr.Progress()
+#: session key -> the stop flag of its running chat request (set by the Stop button).
+_STOPS: dict[str, threading.Event] = {}
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """What every event function needs besides the user's inputs (small and picklable)."""
+
+    key: str
+    max_bytes: int | None = None
+    stream_interval: float = 0.05
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return _PIPELINES[self.key]
+
+
+def register_pipeline(pipeline: Pipeline) -> str:
+    key = f"{pipeline.name}-{id(pipeline):x}"
+    _PIPELINES[key] = pipeline
+    return key
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+def as_gr_error(error: BaseException) -> gr.Error:
+    """The message a user sees for an exception; never a traceback."""
+    if isinstance(error, gr.Error):
+        return error
+    if isinstance(error, ImageBindLLMError):
+        log.info("refused: %s", error)
+        return gr.Error(str(error), print_exception=False)
+    log.error("unexpected error in a request", exc_info=error)
+    return gr.Error(f"Something went wrong on the server ({type(error).__name__}); it has been logged. "
+                    "Your inputs are kept: try again, or with another file.", print_exception=False)
+
+
+def guarded(fn):
+    """Run an event function so that every exception reaches the page as a readable gr.Error."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - every error becomes a message in the page
+                raise as_gr_error(error) from None
+        return generator
+
+    @functools.wraps(fn)
+    def function(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - every error becomes a message in the page
+            raise as_gr_error(error) from None
+    return function
+
+
+# ---------------------------------------------------------------------------------------------
+# Previews
+# ---------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=32)
+def _point_figure(path: str, key: str, height: int):
+    import plotly.graph_objects as go
+
+    points = H.point_preview(path)
+    x, y, z = points.T
+    marker = {"size": 1.6, "color": z, "colorscale": "Viridis", "opacity": 0.9}
+    figure = go.Figure(go.Scatter3d(x=x, y=y, z=z, mode="markers", marker=marker))
+    hidden = {"visible": False, "showbackground": False}
+    figure.update_layout(scene={"xaxis": hidden, "yaxis": hidden, "zaxis": hidden, "aspectmode": "data"},
+                         margin={"l": 0, "r": 0, "t": 0, "b": 0}, height=height, showlegend=False)
+    return figure
+
+
+def point_figure(path: str, height: int = 360):
+    """An interactive plotly scatter of a point cloud or mesh file (gr.Model3D cannot draw clouds)."""
+    return _point_figure(str(path), H._file_key(path), height)
+
+
+@functools.lru_cache(maxsize=32)
+def _imu_figure(path: str, key: str):
+    import plotly.graph_objects as go
+
+    data = H.imu_preview(path)[:, ::4]
+    figure = go.Figure()
+    for channel, name in zip(data, ("acc x", "acc y", "acc z", "gyro x", "gyro y", "gyro z")):
+        figure.add_trace(go.Scatter(y=channel, mode="lines", name=name, line={"width": 1}))
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, height=220, legend={"orientation": "h"})
+    return figure
+
+
+def imu_figure(path: str):
+    return _imu_figure(str(path), H._file_key(path))
+
+
+def media_content(media: Media) -> Any:
+    """How one input shows in the chat history: images, audio and video play inline, meshes in
+    the 3D viewer, point clouds and IMU traces as plots, depth and thermal in false colour."""
+    path = str(media.value)
+    try:
+        if media.kind in ("image", "depth", "thermal"):
+            return {"path": H.picture_preview(media.kind, path)}
+        if media.kind == "point" and not H.is_viewer_mesh(path):
+            return gr.Plot(point_figure(path, height=260), label=media.label, show_label=True)
+        if media.kind == "imu":
+            return gr.Plot(imu_figure(path), label=media.label, show_label=True)
+    except Exception as error:  # noqa: BLE001 - a preview never breaks the chat: fall back to a file link
+        log.warning("no preview for %s: %s", path, error)
+    return {"path": path}
+
+
+def chat_messages(session: H.ChatSession, pending: tuple[str, list[Media]] | None = None) -> list[dict]:
+    """The chat history to show, from the session (and a message still being read: its answer
+    says what is being done, e.g. which video is being decoded)."""
+    messages: list[dict] = []
+    turns = [(t.question, t.media, t.answer or "…") for t in session.chat.turns]
+    if pending is not None:
+        question, media = pending
+        turns.append((question, media, f"⏳ Reading {H.describe_media(media)}…" if media else "…"))
+    for question, media, answer in turns:
+        messages.append({"role": "user", "content": [question, *(media_content(m) for m in media)]})
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def preview_3d(ctx: AppContext, file: Any):
+    """The 3D tab's preview: meshes in the 3D viewer, point clouds as a scatter plot. (The
+    viewers start "hidden", not invisible: a gr.Model3D first drawn invisible never gets its
+    canvas when it is shown later.)"""
+    path = H.file_path(file)
+    if path is None:
+        return gr.Model3D(value=None, visible="hidden"), gr.Plot(value=None, visible="hidden")
+    H.route_file(path, ctx.max_bytes, expected="point")
+    if H.is_viewer_mesh(path):
+        return gr.Model3D(value=path, visible=True), gr.Plot(value=None, visible="hidden")
+    return gr.Model3D(value=None, visible="hidden"), gr.Plot(value=point_figure(path), visible=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Event functions (module-level; bound to an AppContext with functools.partial)
+# ---------------------------------------------------------------------------------------------
+
+def _box(**props):
+    """An update of the chat input box: only the given properties change."""
+    return gr.MultimodalTextbox(**props)
+
+
+@GPU
+@guarded
+def chat(ctx: AppContext, session: H.ChatSession, message: dict | None, max_new_tokens: float, temperature: float,
+         top_p: float, use_cache: bool, cache_size: float, cache_temperature: float, cache_weight: float,
+         progress: gr.Progress = PROGRESS):
+    message = message or {}
+    settings = H.make_settings(max_new_tokens, temperature, top_p, use_cache, cache_size, cache_temperature,
+                               cache_weight)
+    media = H.route_files(H.file_paths(message.get("files")), ctx.max_bytes)
+    question = H.chat_question(message.get("text"), media)
+    session.pending = (message, len(session.chat.turns))
+    yield session, chat_messages(session, (question, media)), _box(value=None, interactive=False), ""
+    stop_flag = _new_stop(session)
+    answers = H.in_thread(lambda stop: H.chat_turn(ctx.pipeline, session, question, media, settings, progress, stop),
+                          stop_flag)
+    yield from _stream_turn(ctx, session, answers, stop_flag, restore=message)
+
+
+@GPU
+@guarded
+def retry(ctx: AppContext, session: H.ChatSession, max_new_tokens: float, temperature: float, top_p: float,
+          use_cache: bool, cache_size: float, cache_temperature: float, cache_weight: float, progress: gr.Progress = PROGRESS):
+    settings = H.make_settings(max_new_tokens, temperature, top_p, use_cache, cache_size, cache_temperature,
+                               cache_weight)
+    if not session.chat.turns:
+        gr.Warning("Nothing to retry yet: ask a question first.")
+        yield session, chat_messages(session), gr.skip(), ""
+        return
+    last = session.chat.turns[-1]
+    shown = H.ChatSession(H.Chat(session.chat.turns[:-1]))
+    yield session, chat_messages(shown, (last.question, last.media)), _box(interactive=False), ""
+    stop_flag = _new_stop(session)
+    answers = H.in_thread(lambda stop: H.retry_turn(ctx.pipeline, session, settings, progress, stop), stop_flag)
+    yield from _stream_turn(ctx, session, answers, stop_flag, restore=None)
+
+
+def _new_stop(session: H.ChatSession) -> threading.Event:
+    stop_flag = _STOPS[session.key()] = threading.Event()
+    return stop_flag
+
+
+def _stream_turn(ctx: AppContext, session: H.ChatSession, answers, stop_flag: threading.Event,
+                 restore: dict | None):
+    answer = ""
+    try:
+        for answer in H.throttle(answers, ctx.stream_interval):
+            yield session, chat_messages(session), gr.skip(), answer
+    except Exception:
+        # The turn was not kept: show the history as it is and give the message back.
+        session.pending = None
+        yield session, chat_messages(session), _box(**({"value": restore} if restore is not None else {}),
+                                                    interactive=True), ""
+        raise
+    finally:
+        if _STOPS.get(session.id) is stop_flag:
+            del _STOPS[session.id]
+    session.pending = None
+    for notice in session.new_notices():
+        gr.Warning(notice)
+    yield session, chat_messages(session), _box(**({"value": None} if restore is not None else {}),
+                                                interactive=True), answer
+
+
+@guarded
+def undo(session: H.ChatSession, message: dict | None):
+    turn = H.undo_turn(session)
+    message = message or {}
+    box = gr.skip()
+    if turn is not None and not (message.get("text") or message.get("files")):
+        box = {"text": turn.question, "files": [str(m.value) for m in turn.media]}
+    return session, chat_messages(session), box
+
+
+def clear():
+    return H.ChatSession(), [], _box(value=None, interactive=True), ""
+
+
+def stop(session: H.ChatSession):
+    """Stop the session's answer: the words so far stay; a message stopped before its first word
+    goes back into the box."""
+    stop_flag = _STOPS.pop(session.id, None) if session.id else None
+    if stop_flag is not None:
+        stop_flag.set()
+    box = _box(interactive=True)
+    if session.pending is not None:
+        (message, count), session.pending = session.pending, None
+        if not (len(session.chat.turns) > count and session.chat.turns[-1].answer):
+            box = _box(value=message, interactive=True)
+    return session, chat_messages(session), box
+
+
+def _ask(ctx: AppContext, kind: str, file: Any, question: str | None, settings: tuple, progress):
+    settings = H.make_settings(*settings)
+    answers = H.in_thread(lambda stop: H.ask(ctx.pipeline, kind, file, question, settings, progress, stop,
+                                             max_bytes=ctx.max_bytes))
+    yield from H.throttle(answers, ctx.stream_interval)
+
+
+@GPU
+@guarded
+def ask_image(ctx: AppContext, image: Any, question: str, max_new_tokens: float, temperature: float, top_p: float,
+              use_cache: bool, cache_size: float, cache_temperature: float, cache_weight: float,
+              progress: gr.Progress = PROGRESS):
+    yield from _ask(ctx, "image", image, question, (max_new_tokens, temperature, top_p, use_cache, cache_size,
+                                                    cache_temperature, cache_weight), progress)
+
+
+@GPU
+@guarded
+def ask_audio(ctx: AppContext, audio: Any, question: str, max_new_tokens: float, temperature: float, top_p: float,
+              use_cache: bool, cache_size: float, cache_temperature: float, cache_weight: float,
+              progress: gr.Progress = PROGRESS):
+    yield from _ask(ctx, "audio", audio, question, (max_new_tokens, temperature, top_p, use_cache, cache_size,
+                                                    cache_temperature, cache_weight), progress)
+
+
+@GPU
+@guarded
+def ask_video(ctx: AppContext, video: Any, question: str, max_new_tokens: float, temperature: float, top_p: float,
+              use_cache: bool, cache_size: float, cache_temperature: float, cache_weight: float,
+              progress: gr.Progress = PROGRESS):
+    yield from _ask(ctx, "video", video, question, (max_new_tokens, temperature, top_p, use_cache, cache_size,
+                                                    cache_temperature, cache_weight), progress)
+
+
+@GPU
+@guarded
+def ask_3d(ctx: AppContext, shape: Any, question: str, max_new_tokens: float, temperature: float, top_p: float,
+           use_cache: bool, cache_size: float, cache_temperature: float, cache_weight: float,
+           progress: gr.Progress = PROGRESS):
+    yield from _ask(ctx, "point", shape, question, (max_new_tokens, temperature, top_p, use_cache, cache_size,
+                                                    cache_temperature, cache_weight), progress)
+
+
+def _frame(table: H.Table):
+    import pandas as pd
+
+    return pd.DataFrame(table.rows, columns=table.headers)
+
+
+@GPU
+@guarded
+def mix(ctx: AppContext, files: Any = None, texts: str = "", weights: str = "", fusion: str = "normalized",
+        question: str = "", max_new_tokens: float = H.DEFAULTS["max_new_tokens"],
+        temperature: float = H.DEFAULTS["temperature"], top_p: float = H.DEFAULTS["top_p"], use_cache: bool = False,
+        cache_size: float = H.DEFAULTS["cache_size"], cache_temperature: float = H.DEFAULTS["cache_temperature"],
+        cache_weight: float = H.DEFAULTS["cache_weight"], progress: gr.Progress = PROGRESS):
+    settings = H.make_settings(max_new_tokens, temperature, top_p, use_cache, cache_size, cache_temperature,
+                               cache_weight, fusion=fusion)
+    media = H.mix_media(files, texts, weights, ctx.max_bytes)
+    results = H.in_thread(lambda stop: H.mix(ctx.pipeline, media, question, settings, progress, stop))
+    for result in H.throttle(results, ctx.stream_interval):
+        yield result.answer, _frame(result.similarities), _frame(result.nearest)
+
+
+def weights_from_sliders(*values: float) -> str:
+    return H.format_weights(*values)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------
+
+def _examples_of(examples_dir: Path, rows: list[list[Any]]) -> list[list[Any]]:
+    """Example rows whose files exist, with paths made absolute (``"@name"`` is a file)."""
+    def resolve(value):
+        if isinstance(value, str) and value.startswith("@"):
+            path = examples_dir / value[1:]
+            return str(path) if path.is_file() else None
+        if isinstance(value, list):
+            resolved = [resolve(v) for v in value]
+            return None if any(v is None for v in resolved) else resolved
+        if isinstance(value, dict):
+            resolved = {k: resolve(v) for k, v in value.items()}
+            return None if any(v is None for v in resolved.values()) else resolved
+        return value
+
+    out = []
+    for row in rows:
+        resolved = [resolve(v) for v in row]
+        if all(v is not None for v in resolved):
+            out.append(resolved)
+    return out
+
+
+CHAT_EXAMPLES = [
+    [{"text": "What is happening in this picture?", "files": ["@sunset.png"]}],
+    [{"text": "What animal makes this sound?", "files": ["@birdsong.wav"]}],
+    [{"text": "What is the ball doing?", "files": ["@bouncing_ball.mp4"]}],
+    [{"text": "Where is the box in this room?", "files": ["@room_depth.png"]}],
+    [{"text": "Is there a person in this thermal image?", "files": ["@person_thermal.png"]}],
+    [{"text": "What is the person wearing this sensor doing?", "files": ["@walking_imu.csv"]}],
+    [{"text": "What shape is this?", "files": ["@torus.glb"]}],
+    [{"text": "What is this object?", "files": ["@sphere_points.npy"]}],
+    [{"text": "Describe the scene and the sound together.", "files": ["@house.png", "@doorbell.wav"]}],
+]
+IMAGE_EXAMPLES = [["@sunset.png", "What is happening in this picture?"], ["@house.png", "Describe the house."]]
+AUDIO_EXAMPLES = [["@birdsong.wav", "What animal makes this sound?"], ["@doorbell.wav", "What is this sound?"]]
+VIDEO_EXAMPLES = [["@bouncing_ball.mp4", "What is the ball doing?"]]
+SHAPE_EXAMPLES = [["@torus.glb", "What shape is this?"], ["@cube.obj", "What is this object?"],
+                  ["@sphere_points.npy", "Describe this point cloud."]]
+MIX_EXAMPLES = [
+    [["@sunset.png", "@birdsong.wav"], "", "1, 0.5", "normalized", "What is happening here?"],
+    [["@house.png"], "a house in winter\na house in summer", "1, 0.6, -0.6", "normalized", "Describe the house."],
+    [["@room_depth.png", "@person_thermal.png", "@walking_imu.npy"], "", "1, 1, 1", "official",
+     "What is going on in this room?"],
+    [["@cube.obj"], "a dice", "0.7, 0.3", "normalized", "What is this?"],
+]
+
+
+def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, queue_size: int | None = DEFAULT_QUEUE_SIZE,
+               max_bytes: int | None = None, examples_dir: Path | str | None = EXAMPLES_DIR,
+               stream_interval: float = 0.05) -> gr.Blocks:
+    """The app's Blocks over ``pipeline``, queued but not launched.
+
+    ``concurrency``: model requests running at once (all tabs together); ``queue_size``: how
+    many may wait (None: no bound); ``max_bytes``: per-file limit checked before anything is
+    read (default: the pipeline's preprocessing limit); ``examples_dir``: where the example
+    media are (None: no examples); ``stream_interval``: the least seconds between two updates
+    of a streamed answer.
+    """
+    if max_bytes is None:
+        max_bytes = pipeline.embedder.options.max_bytes
+    ctx = AppContext(register_pipeline(pipeline), max_bytes, stream_interval)
+    examples_dir = Path(examples_dir) if examples_dir is not None else None
+    limit = H.max_new_tokens_limit(pipeline)
+    model_event = {"concurrency_id": MODEL_GROUP, "concurrency_limit": concurrency}
+    accepted_info = (f"Drop or attach files of any kind, several at once (up to {H._megabytes(max_bytes)} each)"
+                     if max_bytes else "Drop or attach files of any kind, several at once")
+
+    def examples(rows, inputs, label="Examples"):
+        if examples_dir is None:
+            return
+        rows = _examples_of(examples_dir, rows)
+        if rows:
+            gr.Examples(rows, inputs, label=label, cache_examples=False)
+
+    with gr.Blocks(title="ImageBind-LLM", analytics_enabled=False) as demo:
+        gr.Markdown(H.header_markdown(pipeline), elem_id="header")
+        with gr.Accordion("Settings (all tabs)", open=False):
+            with gr.Row():
+                max_new_tokens = gr.Slider(*_range("max_new_tokens", limit), value=min(H.DEFAULTS["max_new_tokens"], limit),
+                                           step=1, label="Max new tokens")
+                temperature = gr.Slider(*H.RANGES["temperature"], value=H.DEFAULTS["temperature"], step=0.01,
+                                        label="Temperature", info="0 = always the most likely word")
+                top_p = gr.Slider(*H.RANGES["top_p"], value=H.DEFAULTS["top_p"], step=0.01, label="Top p")
+            with gr.Row():
+                has_cache = pipeline.cache is not None
+                use_cache = gr.Checkbox(value=has_cache, interactive=has_cache, label="Visual cache",
+                                        info=(f"blend the input with its nearest of {len(pipeline.cache):,} cached "
+                                              "image features" if has_cache else "no cache index loaded"))
+                cache_size = gr.Slider(*H.RANGES["cache_size"], value=H.DEFAULTS["cache_size"], step=1,
+                                       label="Cache size")
+                cache_temperature = gr.Slider(*H.RANGES["cache_temperature"], value=H.DEFAULTS["cache_temperature"],
+                                              step=0.5, label="Cache temperature")
+                cache_weight = gr.Slider(*H.RANGES["cache_weight"], value=H.DEFAULTS["cache_weight"], step=0.01,
+                                         label="Cache weight")
+        settings = [max_new_tokens, temperature, top_p, use_cache, cache_size, cache_temperature, cache_weight]
+
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                session = gr.State(H.ChatSession())
+                chatbot = gr.Chatbot(label="Chat", height=480, layout="bubble", buttons=["copy"],
+                                     placeholder="Ask a question, and drop images, sounds, videos, depth or "
+                                                 "thermal maps, IMU recordings or 3D files into the box below.")
+                chat_input = gr.MultimodalTextbox(file_count="multiple", sources=["upload", "microphone"],
+                                                  placeholder="Ask a question, drop or attach files…",
+                                                  label="Message", show_label=False, info=accepted_info,
+                                                  elem_id="chat-input")
+                answer = gr.Textbox(visible=False, label="Answer")
+                with gr.Row():
+                    stop_button = gr.Button("⏹ Stop", variant="stop", size="sm")
+                    retry_button = gr.Button("🔄 Retry", size="sm")
+                    undo_button = gr.Button("↩️ Undo", size="sm")
+                    clear_button = gr.Button("🗑️ Clear", size="sm")
+                examples(CHAT_EXAMPLES, [chat_input], "Examples (click one, then press Enter)")
+                chat_outputs = [session, chatbot, chat_input, answer]
+                chat_event = chat_input.submit(
+                    functools.partial(chat, ctx), [session, chat_input, *settings], chat_outputs, api_name="chat",
+                    api_description="Send a message (text and files) in this session's chat; returns the history, "
+                                    "the input box and the answer.", show_progress="minimal",
+                    show_progress_on=[chat_input], **model_event)
+                retry_event = retry_button.click(
+                    functools.partial(retry, ctx), [session, *settings], chat_outputs, api_name="retry",
+                    api_description="Answer the last question again.", show_progress="minimal",
+                    show_progress_on=[chat_input], **model_event)
+                undo_button.click(undo, [session, chat_input], [session, chatbot, chat_input], api_name="undo",
+                                  api_description="Remove the last turn (its question goes back into the box).",
+                                  queue=False)
+                clear_button.click(clear, None, chat_outputs, api_name="clear",
+                                   api_description="Start a new conversation.", queue=False)
+                stop_button.click(stop, [session], [session, chatbot, chat_input], cancels=[chat_event, retry_event],
+                                  queue=False, api_visibility="private")
+
+            asks = {}
+            for kind, title, api_name in (("image", "Image", "ask_image"), ("audio", "Audio", "ask_audio"),
+                                          ("video", "Video", "ask_video"), ("point", "3D", "ask_3d")):
+                with gr.Tab(title, id=kind):
+                    with gr.Row():
+                        with gr.Column():
+                            if kind == "image":
+                                source = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"],
+                                                  label="Image", height=320)
+                            elif kind == "audio":
+                                source = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Audio")
+                            elif kind == "video":
+                                source = gr.Video(sources=["upload", "webcam"], label="Video", height=320)
+                            else:
+                                source = gr.File(label="Point cloud or mesh", file_count="single", height=120)
+                                mesh_view = gr.Model3D(label="Mesh", visible="hidden", height=320)
+                                cloud_view = gr.Plot(label="Point cloud", visible="hidden")
+                                source.change(functools.partial(guarded(preview_3d), ctx), [source],
+                                              [mesh_view, cloud_view], api_visibility="private",
+                                              concurrency_id="preview", concurrency_limit=4)
+                            question = gr.Textbox("", label="Question", lines=2, placeholder=H.DEFAULT_QUESTIONS[kind])
+                            with gr.Row():
+                                ask_button = gr.Button("Ask", variant="primary")
+                                stop_ask = gr.Button("⏹ Stop", variant="stop")
+                        with gr.Column():
+                            output = gr.Textbox(label="Answer", lines=10, buttons=["copy"], autoscroll=True)
+                    function = {"image": ask_image, "audio": ask_audio, "video": ask_video, "point": ask_3d}[kind]
+                    event = gr.on([ask_button.click, question.submit], functools.partial(function, ctx),
+                                  [source, question, *settings], [output], api_name=api_name,
+                                  api_description=f"Ask a question about {H.ACCEPTED_BY_KIND[kind]}; "
+                                                  "streams the answer.", preprocess=False, **model_event)
+                    stop_ask.click(None, None, None, cancels=[event], queue=False, api_visibility="private")
+                    examples({"image": IMAGE_EXAMPLES, "audio": AUDIO_EXAMPLES, "video": VIDEO_EXAMPLES,
+                              "point": SHAPE_EXAMPLES}[kind], [source, question])
+                    asks[kind] = event
+
+            with gr.Tab("Embedding arithmetic", id="mix"):
+                gr.Markdown("Mix inputs of any kind with weights from -1 to 1 and ask about the mix, e.g. a "
+                            "photo + 0.5 × a sound, or an image − \"summer\" + \"winter\". Each input is "
+                            "normalised first; the table shows how alike the inputs are.")
+                with gr.Row():
+                    with gr.Column():
+                        mix_files = gr.File(label="Files (any kind)", file_count="multiple", height=140)
+                        mix_texts = gr.Textbox("", label="Texts, one per line", lines=3,
+                                               placeholder="a photo of a dog\na photo of a cat")
+                        mix_weights = gr.Textbox("", label="Weights, in input order (files, then texts)",
+                                                 placeholder="1, -0.5, 0.5  (missing = 1; the sliders set this)")
+
+                        @gr.render(inputs=[mix_files, mix_texts, mix_weights],
+                                   triggers=[demo.load, mix_files.change, mix_texts.change, mix_weights.submit,
+                                             mix_weights.blur], queue=False)
+                        def weight_sliders(files, texts, weights):
+                            labels = H.mix_labels(files, texts)
+                            if not labels:
+                                gr.Markdown("*Add files or texts: each input gets a weight slider here.*")
+                                return
+                            try:
+                                values = H.parse_weights(weights, len(labels))
+                            except ImageBindLLMError:
+                                values = [1.0] * len(labels)
+                            sliders = [gr.Slider(-1, 1, value=max(-1.0, min(1.0, v)), step=0.05,
+                                                 label=f"{i + 1}. {label}", key=f"weight-{i}-{label}")
+                                       for i, (label, v) in enumerate(zip(labels, values))]
+                            for slider in sliders:
+                                slider.release(weights_from_sliders, sliders, [mix_weights], queue=False,
+                                               api_visibility="private")
+
+                        fusion = gr.Radio([("corrected: weights as given, the mix re-normalised", "normalized"),
+                                           ("official: weights divided by their sum", "official")],
+                                          value="normalized", label="Normalisation")
+                        mix_question = gr.Textbox("", label="Question", lines=2, placeholder=H.DEFAULT_QUESTIONS[None])
+                        with gr.Row():
+                            mix_button = gr.Button("Mix and ask", variant="primary")
+                            stop_mix = gr.Button("⏹ Stop", variant="stop")
+                    with gr.Column():
+                        mix_answer = gr.Textbox(label="Answer", lines=8, buttons=["copy"])
+                        similarities = gr.Dataframe(label="Cosine similarities of the inputs (and with the mix)",
+                                                    interactive=False)
+                        nearest = gr.Dataframe(label="Nearest visual-cache entries to the mix", interactive=False,
+                                               visible=pipeline.cache is not None)
+                mix_event = gr.on([mix_button.click, mix_question.submit], functools.partial(mix, ctx),
+                                  [mix_files, mix_texts, mix_weights, fusion, mix_question, *settings],
+                                  [mix_answer, similarities, nearest], api_name="mix",
+                                  api_description="Mix files and texts with weights and ask about the mix; returns "
+                                                  "the answer, the similarity table and the nearest cache entries.",
+                                  preprocess=False, **model_event)
+                stop_mix.click(None, None, None, cancels=[mix_event], queue=False, api_visibility="private")
+                examples(MIX_EXAMPLES, [mix_files, mix_texts, mix_weights, fusion, mix_question])
+
+    demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
+    return demo
+
+
+def _range(name: str, maximum: int | None = None) -> tuple[float, float]:
+    low, high = H.RANGES[name]
+    return low, (maximum if maximum is not None else high)
+
+
+def launch_kwargs(max_bytes: int | None = None, examples_dir: Path | str | None = EXAMPLES_DIR) -> dict:
+    """The ``launch()`` arguments that belong to the page (theme, CSS, upload limit, examples)."""
+    allowed = [str(examples_dir)] if examples_dir is not None and Path(examples_dir).is_dir() else []
+    return {"theme": THEME, "css": CSS, "max_file_size": max_bytes, "allowed_paths": allowed}

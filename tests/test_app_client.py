@@ -1,0 +1,130 @@
+"""The app served on 127.0.0.1 and driven through gradio_client: every api_name, bad input,
+and two sessions at once."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from test_app_handlers import EXAMPLES, golden_pipeline
+
+from imagebind_llm.app import ui
+
+MAX_BYTES = 1_000_000
+FAST = {"max_new_tokens": 8, "temperature": 0.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(pipeline, **kwargs):
+    """Launch build_demo(pipeline) in this process; yield its local URL; close it."""
+    demo = ui.build_demo(pipeline, max_bytes=MAX_BYTES, **kwargs)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                **ui.launch_kwargs(MAX_BYTES))
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def url(golden):
+    with serve(golden_pipeline(golden), concurrency=2) as local_url:
+        yield local_url
+
+
+def example(name: str):
+    return handle_file(str(EXAMPLES / name))
+
+
+def test_every_endpoint(url):
+    client = Client(url, verbose=False)
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+        f"/{name}" for name in ui.API_NAMES}
+
+    history, box, answer = client.predict({"text": "What is happening here?", "files": [example("sunset.png")]},
+                                          **FAST, api_name="/chat")
+    assert answer and history[-1]["role"] == "assistant" and history[-1]["content"][0]["text"] == answer
+    assert history[0]["content"][1]["type"] == "file" and box["value"] == {"text": "", "files": []}
+    history, _, second = client.predict({"text": "Tell me more.", "files": []}, **FAST, api_name="/chat")
+    assert len(history) == 4 and second  # multi-turn: the session keeps its history
+    history, _, again = client.predict(**FAST, api_name="/retry")
+    assert len(history) == 4 and again
+    history, box = client.predict({"text": "", "files": []}, api_name="/undo")
+    assert len(history) == 2 and box["text"] == "Tell me more."
+    history, box, answer = client.predict(api_name="/clear")
+    assert history == [] and answer == ""
+
+    for api_name, file in (("/ask_image", "house.png"), ("/ask_audio", "birdsong.wav"),
+                           ("/ask_video", "bouncing_ball.mp4"), ("/ask_3d", "cube.obj"), ("/ask_3d", "sphere_points.npy")):
+        assert client.predict(example(file), "What is this?", **FAST, api_name=api_name), api_name
+
+    answer, similarities, nearest = client.predict(
+        files=[example("room_depth.png"), example("person_thermal.png"), example("walking_imu.npy")],
+        texts="a room\na person", weights="1, 0.5, 0.5, -0.3", question="What is going on?", **FAST, api_name="/mix")
+    assert answer and similarities["headers"][-1] == "mix" and len(similarities["data"]) == 5
+    assert len(nearest["data"]) == 10
+    answer, similarities, _ = client.predict(texts="a dog\na cat", fusion="official", **FAST, api_name="/mix")
+    assert answer and len(similarities["data"]) == 2
+
+
+def test_bad_input_gets_a_readable_error_and_the_server_keeps_serving(url, tmp_path):
+    client = Client(url, verbose=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    with pytest.raises(AppError, match=r"notes.txt: unsupported file type .txt. Accepted: images"):
+        client.predict({"text": "Read this", "files": [handle_file(str(notes))]}, **FAST, api_name="/chat")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nthis is not the rest of a png")
+    with pytest.raises(AppError, match="broken.png"):
+        client.predict(handle_file(str(broken)), "What?", **FAST, api_name="/ask_image")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(AppError, match="empty.wav: the file is empty"):
+        client.predict(handle_file(str(empty)), "What?", **FAST, api_name="/ask_audio")
+    with pytest.raises(AppError, match="not a point cloud or mesh"):
+        client.predict(example("sunset.png"), "What?", **FAST, api_name="/ask_3d")
+    with pytest.raises(AppError, match="weights: 'heavy' is not a number"):
+        client.predict(texts="a\nb", weights="1, heavy", api_name="/mix")
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (MAX_BYTES + 1))
+    with pytest.raises(Exception, match="(?i)size|large|exceed"):  # refused by the upload limit
+        client.predict(handle_file(str(big)), "What?", **FAST, api_name="/ask_image")
+    # Nothing broke: the same client still gets answers.
+    assert client.predict(example("house.png"), "What?", **FAST, api_name="/ask_image")
+    history, _, answer = client.predict({"text": "Hello", "files": []}, **FAST, api_name="/chat")
+    assert answer and len(history) == 2  # the failed turn was not kept
+
+
+def test_two_sessions_never_see_each_other(url):
+    results: dict[str, list] = {}
+
+    def converse(name: str, file: str, question: str):
+        client = Client(url, verbose=False)
+        history = None
+        for i in range(2):
+            files = [example(file)] if i == 0 else []
+            history, _, _ = client.predict({"text": f"{question} {i}", "files": files}, **FAST, api_name="/chat")
+        results[name] = history
+
+    threads = [threading.Thread(target=converse, args=("a", "sunset.png", "Alice asks")),
+               threading.Thread(target=converse, args=("b", "doorbell.wav", "Bob asks"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert set(results) == {"a", "b"}
+    for name, own, other, other_file in (("a", "Alice", "Bob", "doorbell.wav"), ("b", "Bob", "Alice", "sunset.png")):
+        text = repr(results[name])
+        assert len(results[name]) == 4 and f"{own} asks 0" in text and f"{own} asks 1" in text
+        assert other not in text and Path(other_file).name not in text
