@@ -1,0 +1,120 @@
+"""Helpers shared by the benchmark scripts: peak-memory measurement and cheap random weights."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import resource
+import sys
+import threading
+
+
+class PeakMemory:
+    """Peak memory of a block. CUDA: ``torch.cuda.max_memory_allocated`` during the block.
+    CPU: the peak resident set size during the block minus the RSS when it started (what the
+    block adds on top of what was already resident), sampled from ``/proc/self/statm`` every
+    2 ms after ``malloc_trim``; without ``/proc``, the growth of ``ru_maxrss`` (``exact`` is
+    then False: only a block that raises the process's all-time peak is seen)."""
+
+    _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def __init__(self, device):
+        self.device = device
+        self.peak_bytes: int | None = None
+        self.exact = True
+
+    @staticmethod
+    def rss() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * PeakMemory._PAGE
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @staticmethod
+    def maxrss() -> int:
+        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return value if sys.platform == "darwin" else value * 1024  # Linux reports KiB
+
+    def __enter__(self):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        trim_heap()
+        self._base = self.rss()
+        self._base_maxrss = self.maxrss()
+        self._peak = self._base or 0
+        self._stop = threading.Event()
+        if self._base is not None:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.002):
+            value = self.rss()
+            if value is not None and value > self._peak:
+                self._peak = value
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            return
+        if self._base is None:
+            self.peak_bytes = max(0, self.maxrss() - self._base_maxrss)
+            self.exact = False
+            return
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self.rss() or 0)
+        self.peak_bytes = max(0, self._peak - self._base)
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc), so that RSS growth is measured from a floor."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def cheap_random_init(model, seed: int = 0, skip=lambda name: False) -> None:
+    """Fill a (possibly ``to_empty``) model with random values fast: slices of one shared
+    normal pool scaled by fan-in (norms 1, biases 0). The values only need to be finite and of
+    a realistic scale: timings do not depend on them. ``skip(name)`` keeps a tensor as is."""
+    import torch
+    from torch import nn
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    largest = max(p.numel() for p in model.parameters())
+    pool = torch.randn(min(largest, 1 << 24) + 4099, generator=generator)
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    counter = 0
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            for name, param in module.named_parameters(recurse=False):
+                full = f"{module_name}.{name}" if module_name else name
+                if skip(full):
+                    continue
+                if isinstance(module, norms) or type(module).__name__ == "RMSNorm":
+                    param.fill_(1.0 if name == "weight" else 0.0)
+                    continue
+                if name == "bias":
+                    param.zero_()
+                    continue
+                std = 0.02 if param.ndim < 2 or isinstance(module, nn.Embedding) else param[0].numel() ** -0.5
+                flat = param.view(-1)
+                for start in range(0, flat.numel(), pool.numel() - 4099):
+                    chunk = flat[start:start + pool.numel() - 4099]
+                    offset = (counter * 4099) % 4099
+                    chunk.copy_(pool[offset:offset + chunk.numel()].to(chunk.dtype)).mul_(std)
+                    counter += 1
