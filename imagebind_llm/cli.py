@@ -228,14 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", help="write the unit embeddings (.pt with labels, or .npy)")
     embed.set_defaults(run=run_embed)
 
-    cache = commands.add_parser("build-cache", help="build a visual cache (see imagebind_llm.cache_builder)",
-                                add_help=False)
-    cache.add_argument("rest", nargs=argparse.REMAINDER)
-    cache.set_defaults(run=lambda args: __import__("imagebind_llm.cache_builder", fromlist=["main"]).main(args.rest))
+    # listed for --help; main() hands its arguments to imagebind_llm.cache_builder
+    commands.add_parser("build-cache", help="build a visual cache: from-images, from-features, compress")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["build-cache"]:  # its own command line (argparse's REMAINDER would eat --help)
+        from .cache_builder import main as build_cache
+
+        return int(build_cache(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_presets:

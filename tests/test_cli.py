@@ -96,3 +96,17 @@ def test_released_preset_without_base_llama_says_what_it_needs(capsys, monkeypat
     assert main(["chat", "--preset", "imagebind-llm-7b", "--llama", str(tmp_path), "Hi?"]) == 2
     error = capsys.readouterr().err
     assert "imagebind_w3D.pth" in error and "download" in error
+
+
+def test_build_cache_command_from_features(tmp_path, capsys):
+    import numpy as np
+
+    features = tmp_path / "features.npy"
+    np.save(features, np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+    assert main(["build-cache", "from-features", str(features), str(tmp_path / "cache")]) == 0
+    from imagebind_llm.visual_cache import VisualCache
+
+    assert len(VisualCache.load(tmp_path / "cache")) == 64
+    with pytest.raises(SystemExit):
+        main(["build-cache", "--help"])
+    assert "from-images" in capsys.readouterr().out
