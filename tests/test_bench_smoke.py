@@ -1,0 +1,46 @@
+"""Smoke test of bench/encoders.py: the quick run on two modalities prints a table with their rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_bench():
+    path = ROOT / "bench" / "encoders.py"
+    spec = importlib.util.spec_from_file_location("bench_encoders", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(spec.name, None)
+    return module
+
+
+def test_quick_run_prints_rows(capsys, tmp_path):
+    bench = load_bench()
+    out_json = tmp_path / "bench.json"
+    results = bench.main(["--quick", "--modalities", "image,text", "--device", "cpu",
+                          "--json", str(out_json)])
+    printed = capsys.readouterr().out
+
+    for kind in ("image", "text"):
+        # preprocessing row: modality, items/s
+        assert re.search(rf"^{kind}\s+[0-9.e+]+\s", printed, re.MULTILINE), printed
+        # encoding rows: modality, preset, batch, dtype, items/s
+        for dtype in ("float32", "bfloat16"):
+            assert re.search(rf"^{kind}\s+tiny\s+1\s+{dtype}\s+[0-9.e+]+\s", printed, re.MULTILINE), printed
+    assert not re.search(r"^(video|audio|depth|thermal|imu|point)\s", printed, re.MULTILINE)
+    assert "bf16/fp32" in printed
+
+    saved = json.loads(out_json.read_text())
+    assert {(r["kind"], r["dtype"]) for r in saved["encode"]} == {
+        (k, d) for k in ("image", "text") for d in ("float32", "bfloat16")}
+    assert all(r["items_per_s"] > 0 and r["skipped"] is None for r in results["encode"])
+    assert all(r["bf16_ratio"] > 0 for r in results["encode"] if r["dtype"] == "bfloat16")
