@@ -171,3 +171,17 @@ def test_wrong_base_is_named(adapter_dir, adapter_config, tokenizer, tmp_path):
     with pytest.raises(CheckpointError, match=f"tokenizer has 32000 pieces but the LLaMA's vocabulary is {tokenizer.n_words}"):
         build_language_model(adapter_dir / adapter_config["llama_type_dir"], adapter_dir / "adapter.pth",
                              tokenizer_words=32000)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_generation_runs_and_mostly_agrees(adapter_dir, adapter_config, tokenizer, dtype):
+    """The gated LLaMA runs in bfloat16 and float16 (CPU here; the same code on CUDA)."""
+    half = build_language_model(adapter_dir / adapter_config["llama_type_dir"], adapter_dir / "adapter.pth",
+                                tokenizer_words=tokenizer.n_words, dtype=dtype)
+    expected = torch.load(adapter_dir / "forward_inference.pt", weights_only=True)
+    with torch.no_grad():
+        logits = half(expected["tokens"], visual_query=expected["visual_query"].to(dtype), last_only=True)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    agree = (logits.argmax(-1) == expected["logits_start0"].argmax(-1)).float().mean()
+    assert agree == 1.0
+    assert golden_err(logits, expected["logits_start0"]) < 5e-2
