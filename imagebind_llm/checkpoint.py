@@ -258,16 +258,20 @@ def project_to_official(model_or_state, include_point: bool = True) -> "OrderedD
 
 
 def read_state_dict(path: str | Path, mmap: bool = True) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)``, memory-mapped where the file format allows it."""
+    """``torch.load(weights_only=True)``, memory-mapped where the file format allows it. The
+    official training checkpoints (``checkpoint-N.pth``, ``7B-pretrained.pth``) also hold their
+    command-line arguments as an ``argparse.Namespace`` (reference.md 5.6), which is allowed."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    import argparse
     import zipfile
 
     # Only the zip format (torch >= 1.6) can be memory-mapped; legacy files are read whole.
     mmap = mmap and zipfile.is_zipfile(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # pickle errors, truncated files, foreign objects, ...
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path.name}: cannot read the checkpoint ({first_line})") from error
@@ -281,11 +285,14 @@ def load_imagebind(
     with_point: bool | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
+    lazy: bool = False,
 ):
     """Build an :class:`ImageBind` from an official checkpoint, in eval mode.
 
     ``config`` defaults to :func:`imagebind_huge`. ``with_point``: None = use the point branch
-    when the checkpoint has point keys; True = require them; False = ignore them.
+    when the checkpoint has point keys; True = require them; False = ignore them. ``lazy``:
+    check every key and shape now but read an encoder's weights (memory-mapped) only when it
+    first encodes; until then it holds meta tensors (see :mod:`imagebind_llm.lowmem`).
     """
     from .encoders.imagebind import ImageBind
 
@@ -305,6 +312,14 @@ def load_imagebind(
     with torch.device("meta"):
         model = ImageBind(config)
     check_shapes(model, project_state)
+    if lazy:
+        from .lowmem import EncoderResidency
+
+        model.eval()
+        model.residency = EncoderResidency(device=device, dtype=dtype, source=project_state,
+                                           modalities=model.modalities)
+        log.info("ImageBind (%s modalities) checked; each encoder is read on first use", len(model.modalities))
+        return model
     model.load_state_dict(project_state, strict=True, assign=True)
     model.eval()
     if dtype is not None or str(device) != "cpu":

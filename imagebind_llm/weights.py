@@ -691,9 +691,14 @@ def build_language_model(
     tokenizer_words: int | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    quantize: str | None = None,
 ):
     """Base LLaMA + official adapter -> :class:`ImageBindLLM` in eval mode, weights taken
     without a second copy (meta-device build, ``assign=True``) when no dtype change is needed.
+
+    ``quantize`` ('int8' or 'int4', see :mod:`imagebind_llm.quantize`): the frozen LLaMA
+    projections are quantised one at a time straight from the (memory-mapped) base tensors,
+    on ``device``, before anything else is converted; ``dtype`` is then the activation dtype.
 
     ``base`` is a Meta or Hugging Face folder (or an already read ``(config, Meta-layout
     state)``); ``adapter`` an official file, a Hugging Face-named ``.safetensors`` or a state.
@@ -704,6 +709,11 @@ def build_language_model(
     """
     from .model import ImageBindLLM
 
+    if quantize is not None:  # refuse a wrong mode or an int4 device before reading gigabytes
+        from .quantize import check_quantize, int4_unsupported_reason
+
+        if check_quantize(quantize) == "int4" and (reason := int4_unsupported_reason(device)):
+            raise RuntimeError(reason)
     llama_config, base_state = read_llama(base) if not isinstance(base, tuple) else base
     adapter_state = read_adapter(adapter) if not isinstance(adapter, Mapping) else normalise_adapter_state(adapter)
     check_adapter_fits(None, adapter_state, llama_config, tokenizer_words)
@@ -725,6 +735,11 @@ def build_language_model(
     if wrong:
         raise CheckpointError("shape mismatch:\n  " + "\n  ".join(wrong))
     model.load_state_dict(state, strict=True, assign=True)
+    if quantize is not None:
+        from .quantize import quantize_llama_
+
+        del state, base_state  # only the model refers to the base tensors now: each goes once quantised
+        quantize_llama_(model, quantize, device=device)
     model.to(device=device, dtype=dtype)
     model.eval()
     model.requires_grad_(False)

@@ -41,6 +41,10 @@ class PointModality(nn.Module):
 
 
 class ImageBind(nn.Module):
+    #: Optional :class:`~imagebind_llm.lowmem.EncoderResidency`: lazy reading of each encoder from
+    #: the checkpoint and CPU offload. None = every encoder is in place on one device.
+    residency = None
+
     def __init__(self, config: ImageBindConfig):
         super().__init__()
         self.config = config
@@ -71,10 +75,15 @@ class ImageBind(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        if self.residency is not None:
+            return self.residency.dtype
         return self.vision.patch_embed.dtype
 
     @property
     def device(self) -> torch.device:
+        """Where the encoders run (with offload, not where idle encoders are kept)."""
+        if self.residency is not None:
+            return self.residency.device
         return self.vision.patch_embed.device
 
     def encoder(self, modality: str) -> nn.Module:
@@ -95,10 +104,18 @@ class ImageBind(nn.Module):
                    point_start_indices: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """All three outputs of one forward pass: ``prenorm`` (clip-averaged head output),
         ``official`` (normalised, logit-scaled, clip-averaged) and ``unit`` (official re-normalised)."""
+        if self.residency is not None:  # read the encoder / bring it to the device for this call
+            with self.residency.use(self, modality):
+                return self._encode_all(modality, x, point_start_indices)
+        return self._encode_all(modality, x, point_start_indices)
+
+    def _encode_all(self, modality: str, x: torch.Tensor,
+                    point_start_indices: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         encoder = self.encoder(modality)
-        x = x.to(self.device)
+        weight = next(p for p in encoder.parameters() if p.is_floating_point())
+        x = x.to(weight.device)
         if x.is_floating_point():
-            x = x.to(self.dtype)
+            x = x.to(weight.dtype)
         clips = None
         if x.ndim >= 5:  # (B, S, ...): several clips or crops per item, averaged at the end
             clips = x.shape[:2]
