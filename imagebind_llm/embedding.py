@@ -88,8 +88,11 @@ class Embedder:
             out.prenorm[kind] = encoded["prenorm"]
         return out
 
-    def embed_media(self, media: Sequence[Media]) -> torch.Tensor:
-        """Unit embeddings (N, D) of the inputs, in order (batched per kind)."""
+    def embed_media(self, media: Sequence[Media], output: str = "unit") -> torch.Tensor:
+        """Embeddings (N, D) of the inputs, in order (batched per kind): ``output`` "unit" (the
+        default), "official" or "prenorm" (see :meth:`encode_inputs`)."""
+        if output not in ("unit", "official", "prenorm"):
+            raise ValueError(f"output must be 'unit', 'official' or 'prenorm', got {output!r}")
         if not media:
             raise InputError("inputs", "no input given", "one or more inputs")
         rows: list[torch.Tensor | None] = [None] * len(media)
@@ -105,7 +108,7 @@ class Embedder:
                 inputs = load_batch("text", [m.value for m in items], self.options)
             else:  # one by one, so that an error names the user's file
                 inputs = torch.stack([load(kind, m.value, self.options, name=m.name) for m in items])
-            unit = self.encode_inputs(kind, inputs)["unit"]
+            unit = self.encode_inputs(kind, inputs)[output]
             for row, index in zip(unit, indices):
                 rows[index] = row.float().cpu()
         return torch.stack(rows)  # type: ignore[arg-type]
