@@ -4,6 +4,7 @@
     python -m imagebind_llm.convert llama-hf-to-meta SRC DST [--tokenizer FILE] [--dtype D]
     python -m imagebind_llm.convert adapter-to-hf SRC DST.safetensors [--n-heads N | --base DIR]
     python -m imagebind_llm.convert adapter-from-hf SRC.safetensors DST.pth [--n-heads N]
+    python -m imagebind_llm.convert convert-ckpt SRC [DST | --target DST]
 
 * ``llama-meta-to-hf``: a Meta folder (params.json, consolidated.*.pth in one or several
   model-parallel shards; tokenizer.model in it or beside it) -> a Hugging Face folder
@@ -17,6 +18,13 @@
   gates; ``--n-heads`` or ``--base`` must agree with it, and ``--base`` also checks that the
   adapter fits that model.
 * ``adapter-from-hf``: the way back, to the official ``{'model': ...}`` format.
+* ``convert-ckpt``: the official ``convert_ckpt.py``: a full training checkpoint
+  (``checkpoint-N.pth``, ``7B-pretrained.pth``: ``{'model', 'optimizer', 'epoch', 'scaler',
+  'args'}``) -> the adapter file the loaders read, ``{'model': ...}`` with 'llma' renamed
+  'llama' and without ``image_bind.*``, the frozen ``llama.*`` matrices (names with none of
+  bias/gate/lora/norm) and ``prefix_projector_norm.*``. DST defaults to ``converted_<stem>.pth``
+  beside SRC, like the official; ``--target`` (which the official parses but ignores) is the
+  same as DST here, and ``--ori`` the same as SRC.
 
 Round trips are exact (same tensors, same dtypes). Problems are reported as one clear line
 (exit status 1); the destination must not exist yet (or be an empty folder).
@@ -179,6 +187,31 @@ def convert_adapter_from_hf(src: str | Path, dst: str | Path, *, n_heads: int | 
     return dst
 
 
+def convert_official_checkpoint(src: str | Path, dst: str | Path | None = None) -> Path:
+    """The official convert_ckpt.py (reference.md 4.12): keep the adapter tensors of a training
+    checkpoint, renaming 'llma' to 'llama', and save ``{'model': ...}`` to ``dst`` (default
+    ``converted_<stem>.pth`` beside ``src``)."""
+    from .checkpoint import read_state_dict
+    from .weights import normalise_adapter_state
+
+    src = Path(src)
+    dst = _fresh(Path(dst) if dst is not None else src.with_name(f"converted_{src.stem}.pth"))
+    if dst.suffix == ".safetensors":
+        raise CheckpointError(f"{dst}: the official adapter format is a torch file (.pth); for safetensors use "
+                              "adapter-to-hf")
+    state = read_state_dict(src)
+    kept = normalise_adapter_state(state)
+    if not kept:
+        raise CheckpointError(f"{src}: no adapter tensors (bind network, prefix, gates, biases, LoRA, norms) in it")
+    # A tensor that is a view into a larger storage would drag the whole storage into the file.
+    kept = {k: v.clone() if v.untyped_storage().nbytes() > v.numel() * v.element_size() else v
+            for k, v in kept.items()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_adapter(kept, dst)
+    log.info("kept %d of %d tensors of %s in %s", len(kept), len(state), src, dst)
+    return dst
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m imagebind_llm.convert",
                                      description="Convert LLaMA bases and ImageBind-LLM adapters between the "
@@ -213,13 +246,34 @@ def build_parser() -> argparse.ArgumentParser:
     from_hf.add_argument("dst", type=Path)
     from_hf.add_argument("--n-heads", type=int, default=None,
                          help="attention heads (default: the file's metadata, else the gates)")
+
+    ckpt = commands.add_parser(
+        "convert-ckpt", help="official training checkpoint -> adapter file (the official convert_ckpt.py)",
+        description="Keep the adapter tensors of an official training checkpoint (checkpoint-N.pth, "
+                    "7B-pretrained.pth): 'llma' -> 'llama'; drop image_bind.*, the frozen llama.* matrices and "
+                    "prefix_projector_norm.*; save {'model': ...}.")
+    ckpt.add_argument("src", type=Path, nargs="?", default=None, help="the training checkpoint")
+    ckpt.add_argument("dst", type=Path, nargs="?", default=None,
+                      help="where the adapter is written (default: converted_<stem>.pth beside SRC)")
+    ckpt.add_argument("--ori", type=Path, default=None, help="the same as SRC (the official option's name)")
+    ckpt.add_argument("--target", type=Path, default=None,
+                      help="the same as DST: where the adapter is written (the official script parses this "
+                           "option but ignores it; here it is used)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one conversion; 0 on success, 1 (with one ``error:`` line on stderr) on a problem
     with the inputs. Bad command lines exit with argparse's status 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "convert-ckpt":
+        for first, second, name in ((args.src, args.ori, "SRC and --ori"), (args.dst, args.target, "DST and --target")):
+            if first is not None and second is not None and first != second:
+                parser.error(f"{name} name different files ({first}, {second}); give one")
+        args.src, args.dst = args.src or args.ori, args.dst or args.target
+        if args.src is None:
+            parser.error("convert-ckpt needs the checkpoint: SRC (or --ori SRC)")
     try:
         if args.command == "llama-meta-to-hf":
             out = convert_llama_meta_to_hf(args.src, args.dst, tokenizer=args.tokenizer,
@@ -228,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = convert_llama_hf_to_meta(args.src, args.dst, tokenizer=args.tokenizer, dtype=args.dtype)
         elif args.command == "adapter-to-hf":
             out = convert_adapter_to_hf(args.src, args.dst, n_heads=args.n_heads, base=args.base)
+        elif args.command == "convert-ckpt":
+            out = convert_official_checkpoint(args.src, args.dst)
         else:
             out = convert_adapter_from_hf(args.src, args.dst, n_heads=args.n_heads)
     except CheckpointError as error:

@@ -16,6 +16,7 @@ examples:
   python -m train --stage pretrain --config run.yaml --precompute          # ImageBind features to data.features
   torchrun --nproc_per_node 8 -m train --stage finetune --config run.yaml --strategy fsdp
   python -m train --stage finetune --config run.yaml --resume auto         # continue the newest checkpoint
+  python -m train --stage finetune --config run.yaml --pretrained 7B-pretrained   # start from the official stage 1
 overrides are section.key=value (sections: model, data, optim; run keys have no section), values in YAML
 syntax: optim.blr=1e-3 data.train=[a.json,b.json] optim.clip_grad=null. See train/README.md.
 """
@@ -34,6 +35,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--resume", help="a checkpoint file, a run folder, or 'auto' (the newest in out_dir)")
     p.add_argument("--out", help="output folder (out_dir; may contain {stage})")
+    p.add_argument("--pretrained", metavar="PATH|NAME",
+                   help="the adapter to start from (model.adapter): a file (an official {'model': ...} adapter or "
+                        "full training checkpoint such as 7B-pretrained.pth, 'llma' keys accepted; a project "
+                        "export), or an official name: 7B-pretrained (the released stage-1 weights), 7B, 7B-beta, "
+                        "found in the Hugging Face cache or downloaded")
     p.add_argument("--precompute", action="store_true",
                    help="only write the ImageBind features of the data to data.features (resumable), then stop")
     p.add_argument("--export-only", action="store_true",
@@ -41,6 +47,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     return p
+
+
+#: Official adapter files that ``--pretrained`` accepts by name (imagebind_llm.presets.WEIGHT_FILES).
+PRETRAINED_NAMES = ("7B-pretrained", "7B", "7B-beta")
+
+
+def pretrained_path(value: str) -> str:
+    """``--pretrained``: an existing file as given, or an official adapter's name resolved by
+    :func:`imagebind_llm.hub.resolve` (Hugging Face cache, else a download with progress)."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return str(path)
+    if value not in PRETRAINED_NAMES:
+        raise SystemExit(f"--pretrained {value}: no such file, and not the name of an official adapter "
+                         f"({', '.join(PRETRAINED_NAMES)})")
+    from imagebind_llm.errors import CheckpointError
+    from imagebind_llm.hub import resolve
+    from imagebind_llm.presets import WEIGHT_FILES
+
+    try:
+        return str(resolve(WEIGHT_FILES[value], role="adapter"))
+    except CheckpointError as error:
+        raise SystemExit(f"error: --pretrained {value}: {error}") from None
 
 
 def setup_logging(is_main: bool, out_dir: Path | None) -> list[logging.Handler]:
@@ -70,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     for flag, key in (("strategy", "strategy"), ("device", "device"), ("resume", "resume"), ("out", "out_dir")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
+    if args.pretrained is not None:
+        overrides["model.adapter"] = pretrained_path(args.pretrained)
     if args.export_only and not (args.resume or overrides.get("resume")):
         raise SystemExit("--export-only needs --resume CHECKPOINT")
     config = build_config(args.stage, args.config, overrides)
