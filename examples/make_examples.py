@@ -5,8 +5,9 @@ synthesised here from numbers (no downloads), the same bytes on every run.
     python examples/make_examples.py --out DIR  # anywhere else
 
 Needs numpy, Pillow, trimesh and imageio-ffmpeg (for its ffmpeg binary): all in
-requirements.txt. A later issue replaces these files with media of a generated "toy world";
-keep this script simple.
+requirements.txt. Two sets: everyday placeholders (a sunset, birdsong, ...) and, in
+``toyworld/``, scenes of the generated toy world that the default model was trained on
+(:mod:`imagebind_llm.toyworld`), in every modality, which that model can actually answer about.
 """
 
 from __future__ import annotations
@@ -232,13 +233,40 @@ EXAMPLES = {
 }
 
 
+#: Toy-world examples: file name (in ``toyworld/``) -> (modality, scene as shape, colour,
+#: count, motion, seed). Seeds are fixed so that the renderings are the same on every run.
+TOYWORLD_EXAMPLES = {
+    "two_red_balls.png": ("image", ("ball", "red", 2, "bouncing", 11)),
+    "three_blue_cubes.png": ("image", ("cube", "blue", 3, "still", 12)),
+    "yellow_rings_circling.mp4": ("video", ("ring", "yellow", 2, "circling", 13)),
+    "four_bells.wav": ("audio", ("pyramid", "green", 4, "still", 14)),  # pyramids ring like bells
+    "one_rattle.wav": ("audio", ("cylinder", "purple", 1, "sliding", 15)),  # cylinders rattle
+    "three_cylinders_depth.png": ("depth", ("cylinder", "red", 3, "still", 16)),
+    "two_cubes_thermal.png": ("thermal", ("cube", "green", 2, "sliding", 17)),
+    "spinning_imu.npy": ("imu", ("ball", "blue", 1, "spinning", 18)),
+    "sliding_imu.csv": ("imu", ("ring", "red", 1, "sliding", 19)),
+    "two_pyramids.ply": ("point", ("pyramid", "purple", 2, "still", 20)),
+    "one_ring_points.npy": ("point", ("ring", "yellow", 1, "still", 21)),
+}
+
+
+def make_toyworld_examples(out: Path) -> list[Path]:
+    from imagebind_llm.toyworld.files import write_modality
+    from imagebind_llm.toyworld.world import Scene
+
+    written = []
+    for name, (modality, fields) in TOYWORLD_EXAMPLES.items():
+        written.append(write_modality(Scene(*fields), modality, out / name))
+    return written
+
+
 def make_examples(out: Path = HERE) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (writer, _) in EXAMPLES.items():
         writer(out / name)
         written.append(out / name)
-    return written
+    return written + make_toyworld_examples(out / "toyworld")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,10 +141,14 @@ class ImageLikeConfig:
     image_size: int = 224
     patch_size: int = 16
     channels: int = 1
+    # Standardisation of the input, (x - mean) / std, before the stem. ImageBind's checkpoints
+    # have none (identity); a model trained from scratch may fix constants here.
+    input_mean: float = 0.0
+    input_std: float = 1.0
 
     def __post_init__(self) -> None:
         _positive("ImageLikeConfig", image_size=self.image_size, patch_size=self.patch_size,
-                  channels=self.channels)
+                  channels=self.channels, input_std=self.input_std)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"ImageLikeConfig.patch_size {self.patch_size} must divide image_size {self.image_size}"
@@ -163,11 +167,20 @@ class ImuConfig:
     channels: int = 6
     length: int = 2000
     window: int = 8  # the official code hard-codes 8 (its imu_kernel_size is ignored)
+    # Per-channel standardisation (x - mean) / std before the stem; None = identity (official).
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         _positive("ImuConfig", channels=self.channels, length=self.length, window=self.window)
         if self.length % self.window:
             raise ValueError(f"ImuConfig.window {self.window} must divide length {self.length}")
+        for name in ("input_mean", "input_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.channels:
+                raise ValueError(f"ImuConfig.{name} needs {self.channels} values, got {len(value)}")
+        if self.input_std is not None and min(self.input_std) <= 0:
+            raise ValueError("ImuConfig.input_std must be positive")
 
     @property
     def num_patches(self) -> int:
@@ -282,7 +295,8 @@ class ImageBindConfig:
             audio=AudioConfig(**dict(d["audio"], trunk=trunk(d["audio"]["trunk"]))),
             depth=ImageLikeConfig(**dict(d["depth"], trunk=trunk(d["depth"]["trunk"]))),
             thermal=ImageLikeConfig(**dict(d["thermal"], trunk=trunk(d["thermal"]["trunk"]))),
-            imu=ImuConfig(**dict(d["imu"], trunk=trunk(d["imu"]["trunk"]))),
+            imu=ImuConfig(**{**d["imu"], "trunk": trunk(d["imu"]["trunk"]),
+                             **{k: tuple(d["imu"][k]) for k in ("input_mean", "input_std") if d["imu"].get(k)}}),
             point=PointConfig(**dict(d["point"], group_mlp_widths=tuple(d["point"]["group_mlp_widths"])))
             if d.get("point") else None,
             head_norm_eps=d.get("head_norm_eps", 1e-6),
@@ -369,7 +383,30 @@ def imagebind_tiny(with_point: bool = True) -> ImageBindConfig:
     return ImageBindConfig.from_official_kwargs(kwargs, point=point)
 
 
-IMAGEBIND_PRESETS = {"imagebind_huge": imagebind_huge, "imagebind_tiny": imagebind_tiny}
+def imagebind_toy(with_point: bool = True) -> ImageBindConfig:
+    """The toy world's small ImageBind (the embedded default model): real input geometry, larger
+    patch strides so that it trains on a CPU in minutes."""
+    t = TransformerConfig
+    point = PointConfig(width=64, depth=2, num_heads=4, num_groups=64, group_size=32, group_feature_dim=64,
+                        group_mlp_widths=(32, 64, 128), projection_dim=128, pos_hidden=64,
+                        drop_path=0.0) if with_point else None
+    return ImageBindConfig(
+        embed_dim=128,
+        vision=VisionConfig(trunk=t(width=128, depth=3, num_heads=4, pre_norm=True), patch_size=(2, 32, 32)),
+        text=TextConfig(trunk=t(width=64, depth=2, num_heads=4, causal=True)),
+        audio=AudioConfig(trunk=t(width=96, depth=2, num_heads=4, bias_kv=True), patch_size=16, stride=16),
+        # Input standardisation measured on the world's data (depth disparity, thermal, IMU).
+        depth=ImageLikeConfig(trunk=t(width=64, depth=2, num_heads=4, bias_kv=True), patch_size=32,
+                              input_mean=0.15, input_std=0.05),
+        thermal=ImageLikeConfig(trunk=t(width=64, depth=2, num_heads=4, bias_kv=True), patch_size=32,
+                                input_mean=0.28, input_std=0.18),
+        imu=ImuConfig(trunk=t(width=64, depth=2, num_heads=4, bias_kv=True), window=40,
+                      input_mean=(0.0, 0.0, 9.81, 0.0, 0.0, 0.0), input_std=(2.0, 2.0, 2.0, 1.0, 1.0, 2.0)),
+        point=point,
+    )
+
+
+IMAGEBIND_PRESETS = {"imagebind_huge": imagebind_huge, "imagebind_tiny": imagebind_tiny, "imagebind_toy": imagebind_toy}
 
 
 # --------------------------------------------------------------------------------------------

@@ -113,6 +113,8 @@ class ImageLikeEncoder(TokenEncoder):
         expected = (c.channels, c.image_size, c.image_size)
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"input must be (B, {expected}), got {tuple(x.shape)}")
+        if (c.input_mean, c.input_std) != (0.0, 1.0):
+            x = (x - c.input_mean) / c.input_std
         tokens = patchify(x, (c.patch_size, c.patch_size)) @ self.patch_embed.flatten(1).t()
         return self.patch_norm(tokens)
 
@@ -153,6 +155,10 @@ class ImuEncoder(TokenEncoder):
         c = self.config
         if tuple(x.shape[1:]) != (c.channels, c.length):
             raise ValueError(f"IMU input must be (B, {c.channels}, {c.length}), got {tuple(x.shape)}")
+        if c.input_mean is not None:
+            x = x - x.new_tensor(c.input_mean)[:, None]
+        if c.input_std is not None:
+            x = x / x.new_tensor(c.input_std)[:, None]
         windows = x.unflatten(-1, (c.num_patches, c.window)).permute(0, 2, 1, 3)  # (B, L, C, W)
         return self.patch_norm(self.patch_embed(windows.flatten(2)))
 

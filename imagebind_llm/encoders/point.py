@@ -103,8 +103,12 @@ class PointEncoder(nn.Module):
 
     def forward(self, points: torch.Tensor, start_indices: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, 3) -> (B, projection_dim)."""
+        return self.encode_groups(*self.group(points, start_indices))
+
+    def encode_groups(self, centres: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """The learned part, from :meth:`group`'s output (which has no parameters, so training
+        can compute it once per cloud)."""
         dtype = self.projection.dtype
-        centres, groups = self.group(points, start_indices)
         tokens = self.reduce_dim(self.group_encoder(groups.to(dtype)))
         batch = tokens.shape[0]
         x = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1)

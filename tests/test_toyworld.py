@@ -1,0 +1,124 @@
+"""The toy world: deterministic scenes and renderings, its text, the training command at tiny
+length, and (when it is installed) the shipped default model against its targets."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from imagebind_llm.toyworld import render
+from imagebind_llm.toyworld.world import (ATTRIBUTES, CARRIED, Scene, answer, answer_matches, caption,
+                                          questions_for, sample_scenes)
+
+
+def test_scenes_are_deterministic_and_cover_every_value():
+    first, again = sample_scenes(3, 400), sample_scenes(3, 400)
+    assert first == again
+    assert sample_scenes(4, 400) != first
+    for attribute, values in ATTRIBUTES.items():
+        assert {s.value(attribute) for s in first} == set(values)
+
+
+def test_renderings_are_deterministic_per_scene():
+    scene = sample_scenes(0, 1)[0]
+    assert np.array_equal(np.asarray(render.render_image(scene)), np.asarray(render.render_image(scene)))
+    assert np.array_equal(render.render_depth(scene), render.render_depth(scene))
+    assert np.array_equal(render.render_audio(scene)[0], render.render_audio(scene)[0])
+    assert np.array_equal(render.render_imu(scene), render.render_imu(scene))
+    assert np.array_equal(render.render_points(scene), render.render_points(scene))
+
+
+def test_renderings_carry_their_attributes():
+    ball = Scene("ball", "red", 3, "still", seed=5)
+    # count: three separate warm blobs in the thermal image, three sounds in the audio
+    from scipy import ndimage
+
+    _, blobs = ndimage.label(render.render_thermal(ball) > 120)
+    assert blobs == 3
+    audio, rate = render.render_audio(ball)
+    envelope = np.convolve(np.abs(audio), np.ones(rate // 20) / (rate // 20), mode="same")
+    loud = envelope > 0.3 * envelope.max()
+    onsets = np.flatnonzero(loud[1:] & ~loud[:-1])
+    events = [t for i, t in enumerate(onsets) if i == 0 or t - onsets[i - 1] > rate // 4]
+    assert len(events) == 3
+    # colour: the red channel dominates the object pixels
+    image = np.asarray(render.render_image(ball)).astype(int)
+    mask = render.render_thermal(ball) > 120
+    assert image[mask][:, 0].mean() > image[mask][:, 2].mean() + 60
+    # motion: the IMU of spinning objects turns about z, of still ones not
+    assert abs(render.render_imu(Scene("ball", "red", 1, "spinning", 1))[5]).mean() > 2
+    assert abs(render.render_imu(Scene("ball", "red", 1, "still", 1))[5]).mean() < 0.1
+
+
+def test_text_and_answer_matching():
+    scene = Scene("cube", "blue", 2, "sliding", seed=0)
+    assert caption(scene) == "Two blue cubes are sliding from side to side."
+    assert caption(scene, ("shape", "count")) == "Two cubes."
+    assert answer(scene, "count") == "two" and answer(scene, "shape") == "cubes"
+    assert answer_matches("Two.", scene, "count") and answer_matches("2", scene, "count")
+    assert not answer_matches("two or three", scene, "count")  # naming another value is wrong
+    assert answer_matches("cubes", scene, "shape") and not answer_matches("balls", scene, "shape")
+    qas = questions_for(scene, np.random.default_rng(0))
+    assert {qa.attribute for qa in qas} == set(ATTRIBUTES) | {None}
+    assert set(CARRIED["imu"]) == {"motion"} and "colour" not in CARRIED["audio"]
+
+
+def test_training_command_smoke(tmp_path):
+    """Every step of python -m train.toyworld at tiny length, then the result loads and answers."""
+    from imagebind_llm.embedding import Media
+    from imagebind_llm.presets import pipeline_from_folder
+    from train.toyworld import STEPS, artifacts, main, Run, ToyWorldConfig
+
+    report = main(["--quick", "--out", str(tmp_path / "run"), "--until", "evaluate"])
+    assert set(STEPS) - {"install"} <= set(report["steps"])
+    files = artifacts(Run(ToyWorldConfig.quick(str(tmp_path / "run"))))
+    assert all(path.is_file() for path in files.values())
+    pipeline = pipeline_from_folder(files)
+    image = next((tmp_path / "run" / "world" / "images" / "image").glob("*.png"))
+    assert isinstance(pipeline.answer([Media("image", str(image))], "What shape is the object?"), str)
+    results = report["steps"]["evaluate"]["results"]
+    assert set(results["modalities"]) == set(CARRIED)
+
+
+# --------------------------------------------------------------------------------------------
+# The shipped default model (skipped until it is installed)
+# --------------------------------------------------------------------------------------------
+
+EVAL_SEED = 20261125
+EVAL_N = 40  # per modality: about a minute on 2 CPU cores
+
+
+def lower_bound(target: float, n: int) -> float:
+    """The target minus two binomial standard deviations at that rate (a subset of n scenes)."""
+    return target - 2 * math.sqrt(target * (1 - target) / n)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from imagebind_llm.presets import build_toyworld_pipeline, toyworld_available
+
+    if not toyworld_available():
+        pytest.skip("the toy-world model is not installed (python -m train.toyworld --install)")
+    return build_toyworld_pipeline()
+
+
+def test_shipped_model_files_match_their_checksums(shipped):
+    from imagebind_llm.presets import TOYWORLD_DIR, MANIFEST
+
+    manifest = json.loads((TOYWORLD_DIR / MANIFEST).read_text())
+    assert sum(f["bytes"] for f in manifest["files"].values()) <= 30 * 2**20  # the issue's budget
+
+
+def test_shipped_model_meets_the_targets_on_held_out_scenes(shipped, tmp_path):
+    from imagebind_llm.eval.toyworld import evaluate, format_table
+
+    results = evaluate(shipped, seed=EVAL_SEED, n=EVAL_N, folder=tmp_path, progress=False)
+    print(format_table(results))
+    for modality, entry in results["modalities"].items():
+        target = 0.9 if modality == "image" else 0.6
+        for attribute, scores in entry.items():
+            best = max(scores["no_cache"], scores.get("cache", 0.0))
+            assert best >= lower_bound(target, EVAL_N), (modality, attribute, scores)

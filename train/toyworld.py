@@ -1,0 +1,507 @@
+"""Reproduce the embedded default model from scratch: ``python -m train.toyworld``.
+
+The toy world (:mod:`imagebind_llm.toyworld`) is rendered to files, read back through the
+project's preprocessing, and every model is trained with the project's own code:
+
+1. ``world``      render scenes in every modality (images for all, the other modalities for a subset)
+2. ``vision``     a small ImageBind (``imagebind_toy``): vision + text by contrastive alignment on
+                  image-caption pairs (videos tied to their stills)
+   ``bind``       every other modality aligned to the frozen image embeddings; no modality but
+                  images ever meets text
+3. ``tokenizer``  SentencePiece on the world's text (LLaMA's special ids, byte fallback)
+4. ``llama``      a small LLaMA language model on the world's text
+5. ``pretrain``   ImageBind-LLM stage 1 with ``python -m train`` on image captions only
+6. ``finetune``   stage 2 with ``python -m train`` on image question-answers only
+7. ``cache``      the visual cache: image embeddings of fresh scenes
+8. ``evaluate``   the evaluation of :mod:`imagebind_llm.eval.toyworld` on held-out scenes
+9. ``install``    (``--install``) copy the artifacts into the package as the default preset
+
+Steps whose outputs exist are skipped (``--force STEP`` redoes one), so an interrupted run
+resumes. ``--quick`` shrinks everything for a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("train.toyworld")
+
+STEPS = ("world", "vision", "bind", "tokenizer", "llama", "pretrain", "finetune", "cache", "evaluate", "install")
+
+
+@dataclass
+class ToyWorldConfig:
+    out: str = "runs/toyworld"
+    seed: int = 0
+    image_scenes: int = 3000  # scenes with an image (image-caption pairs)
+    modality_scenes: int = 600  # of those, scenes also rendered in every other modality
+    cache_scenes: int = 2000  # fresh scenes whose image embeddings form the visual cache
+    align_steps: int = 500  # vision + text (+ video)
+    bind_steps: int = 300  # every other modality to the frozen images
+    align_batch: int = 96
+    lm_steps: int = 1200
+    lm_batch: int = 32
+    lm_dim: int = 128
+    lm_layers: int = 4
+    lm_heads: int = 4
+    lm_lr: float = 3e-3
+    lm_weight_decay: float = 0.01
+    vocab_size: int = 1000
+    pretrain_steps: int = 300
+    finetune_steps: int = 300
+    stage_batch: int = 32
+    pretrain_lr: float = 2e-3
+    finetune_lr: float = 2e-3
+    eval_scenes: int = 60  # per modality, for the final report (the eval script takes any n)
+    threads: int | None = None
+
+    @classmethod
+    def quick(cls, out: str) -> "ToyWorldConfig":
+        return cls(out=out, image_scenes=48, modality_scenes=16, cache_scenes=32, align_steps=3, bind_steps=2,
+                   align_batch=8, lm_steps=3, lm_batch=4, vocab_size=400, pretrain_steps=2, finetune_steps=2,
+                   stage_batch=4, eval_scenes=3)
+
+
+class Run:
+    """The output folder of a reproduction run and its step bookkeeping."""
+
+    def __init__(self, config: ToyWorldConfig):
+        self.config = config
+        self.root = Path(config.out)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.report_path = self.root / "report.json"
+        self.report = json.loads(self.report_path.read_text()) if self.report_path.exists() else {"steps": {}}
+        self.report["config"] = asdict(config)
+
+    def done(self, step: str) -> bool:
+        return step in self.report["steps"]
+
+    def finish(self, step: str, seconds: float, **details) -> None:
+        self.report["steps"][step] = {"seconds": round(seconds, 1), **details}
+        self.report_path.write_text(json.dumps(self.report, indent=2))
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. the world
+# ---------------------------------------------------------------------------------------------
+
+
+def step_world(run: Run) -> dict:
+    from imagebind_llm.toyworld.dataset import write_scenes
+    from imagebind_llm.toyworld.world import MODALITIES, sample_scenes
+
+    c = run.config
+    scenes = sample_scenes(c.seed, c.image_scenes)
+    images = write_scenes(run.path("world", "images"), scenes, ["image"])
+    rich = write_scenes(run.path("world", "modalities"), scenes[: c.modality_scenes], MODALITIES)
+    cache = write_scenes(run.path("world", "cache"), sample_scenes(c.seed + 1, c.cache_scenes), ["image"])
+    return {"image_scenes": len(images), "modality_scenes": len(rich), "cache_scenes": len(cache)}
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. ImageBind
+# ---------------------------------------------------------------------------------------------
+
+def _attribute_groups(records: list[dict], attributes) -> torch.Tensor:
+    keys = [tuple(r[a] for a in attributes) for r in records]
+    ids = {k: i for i, k in enumerate(sorted(set(keys), key=str))}
+    return torch.tensor([ids[k] for k in keys])
+
+
+def _caption_tokens(records: list[dict], rng: random.Random):
+    """Captions naming a random subset of the attributes (always at least one), with the mask
+    of which images each caption truly describes. Full captions half of the time."""
+    from imagebind_llm.preprocess.text import tokenize
+    from imagebind_llm.toyworld.dataset import scene_of
+    from imagebind_llm.toyworld.world import ATTRIBUTES, caption
+
+    names = list(ATTRIBUTES)
+    subsets, texts = [], []
+    for record in records:
+        if rng.random() < 0.5:
+            subset = tuple(names)
+        else:
+            subset = tuple(a for a in names if rng.random() < 0.5) or (rng.choice(names),)
+        subsets.append(subset)
+        texts.append(caption(scene_of(record), subset))
+    return tokenize(texts), subsets
+
+
+def _grouped_points(model, clouds: torch.Tensor):
+    """Point clouds -> their (parameter-free, deterministic) FPS + kNN groups, computed once;
+    and the encoder from groups: (B, G, 1 + K, 3) with the centre first."""
+    encoder = model.point.encoder
+    with torch.no_grad():
+        parts = [torch.cat([c.unsqueeze(2), g], dim=2)
+                 for c, g in (encoder.group(clouds[i:i + 64]) for i in range(0, len(clouds), 64))]
+
+    def encode(grouped: torch.Tensor) -> torch.Tensor:
+        return model.point.head(encoder.encode_groups(grouped[:, :, 0], grouped[:, :, 1:]))
+
+    return torch.cat(parts), encode
+
+
+def _new_imagebind(run: Run):
+    from imagebind_llm.config import imagebind_toy
+    from imagebind_llm.encoders.imagebind import ImageBind
+
+    torch.manual_seed(run.config.seed)
+    return ImageBind(imagebind_toy())
+
+
+def _preprocess_options():
+    from imagebind_llm.preprocess import PreprocessOptions
+    from imagebind_llm.preprocess.video import VideoOptions
+
+    # Square 224 x 224 videos: the three spatial crops are the same, one is enough for training.
+    return PreprocessOptions(options={"video": VideoOptions(num_crops=1)})
+
+
+def _stored_float(name: str, x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.is_floating_point() else x  # inputs are stored as float16
+
+
+def step_vision(run: Run) -> dict:
+    """Vision and text encoders by contrastive alignment on image-caption pairs, videos tied to
+    the stills of their scenes (the vision encoder embeds both)."""
+    from imagebind_llm.toyworld.dataset import load_tensors, read_index
+    from imagebind_llm.toyworld.world import ATTRIBUTES
+
+    from .align import AlignConfig, Task, align
+
+    c = run.config
+    model = _new_imagebind(run)
+    image_records = read_index(run.path("world", "images"))
+    rich_records = read_index(run.path("world", "modalities"))
+    options = _preprocess_options()
+    images = load_tensors(run.path("world", "images"), image_records, "image", options=options)
+    videos = load_tensors(run.path("world", "modalities"), rich_records, "video", options=options)
+    tokens, subsets = _caption_tokens(image_records, random.Random(c.seed))
+    values = [{a: r[a] for a in ATTRIBUTES} for r in image_records]
+
+    def caption_mask(index: torch.Tensor) -> torch.Tensor:
+        """positives[i, j]: caption j describes image i (partial captions describe many)."""
+        rows = index.tolist()
+        return torch.tensor([[all(values[i][a] == values[j][a] for a in subsets[j]) for j in rows] for i in rows])
+
+    def vision(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 6:  # (B, clips, 3, T, H, W): one random clip per video
+            pick = torch.randint(x.shape[1], (x.shape[0],))
+            x = x[torch.arange(x.shape[0]), pick]
+        return model.vision(x)
+
+    image_text = Task("image-text", vision, images, tokens, model.text,
+                      list(model.vision.parameters()) + list(model.text.parameters()),
+                      positives=caption_mask, batch_size=c.align_batch)
+    video_image = Task("video-image", vision, videos, images[: len(rich_records)], vision,
+                       list(model.vision.parameters()), groups=_attribute_groups(rich_records, ATTRIBUTES),
+                       batch_size=c.align_batch // 2, weight=0.5)
+    model.train()
+    history = align([image_text, video_image], AlignConfig(steps=c.align_steps, seed=c.seed), transform=_stored_float)
+    run.path("imagebind").mkdir(exist_ok=True)
+    torch.save(model.state_dict(), run.path("imagebind", "vision-text.pth"))
+    return {"loss": history[-1]}
+
+
+def step_bind(run: Run) -> dict:
+    """Every other modality aligned to the frozen image embeddings of its scenes."""
+    from imagebind_llm.checkpoint import project_to_official
+    from imagebind_llm.toyworld.dataset import load_tensors, read_index
+    from imagebind_llm.toyworld.world import CARRIED
+
+    from .align import AlignConfig, Task, align, embed_all
+
+    c = run.config
+    model = _new_imagebind(run)
+    model.load_state_dict(torch.load(run.path("imagebind", "vision-text.pth"), weights_only=True))
+    model.eval().requires_grad_(False)
+    rich_records = read_index(run.path("world", "modalities"))
+    options = _preprocess_options()
+    images = load_tensors(run.path("world", "modalities"), rich_records, "image", options=options)
+    targets = embed_all(model.vision, images, transform=lambda x: x.float())
+    tasks = []
+    for modality in ("audio", "depth", "thermal", "imu", "point"):
+        inputs = load_tensors(run.path("world", "modalities"), rich_records, modality, options=options)
+        encoder = model.encoder(modality)
+        encode, batch = encoder, c.align_batch
+        if modality == "audio":
+            inputs = inputs[:, 0]  # 2 s sounds: the three clips are the same
+        if modality == "point":
+            inputs, encode = _grouped_points(model, inputs)
+            batch = c.align_batch // 2  # the costliest encoder
+        encoder.train().requires_grad_(True)
+        tasks.append(Task(f"{modality}-image", encode, inputs, targets, None, list(encoder.parameters()),
+                          groups=_attribute_groups(rich_records, CARRIED[modality]), batch_size=batch))
+    history = align(tasks, AlignConfig(steps=c.bind_steps, seed=c.seed + 1), transform=_stored_float)
+    model.eval()
+    state = {k: (v.half() if v.is_floating_point() and v.ndim > 0 else v) for k, v in project_to_official(model).items()}
+    torch.save(state, run.path("imagebind", "imagebind.pth"))
+    run.path("imagebind", "config.json").write_text(model.config.to_json())
+    return {"loss": history[-1]}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3-4. tokenizer and language model
+# ---------------------------------------------------------------------------------------------
+
+
+def _world_text(run: Run) -> list[str]:
+    from imagebind_llm.toyworld.world import all_scenes, corpus, sample_scenes
+
+    c = run.config
+    return corpus(all_scenes(c.seed) + sample_scenes(c.seed + 2, 2000), seed=c.seed)
+
+
+def step_tokenizer(run: Run) -> dict:
+    import io
+
+    import sentencepiece
+
+    lines = _world_text(run)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=run.config.vocab_size, model_type="bpe",
+        byte_fallback=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1,
+        minloglevel=2, max_sentence_length=8192,
+        hard_vocab_limit=False)  # vocab_size is an upper bound: the world's small text may need fewer pieces
+    run.path("llama").mkdir(exist_ok=True)
+    run.path("llama", "tokenizer.model").write_bytes(model.getvalue())
+    import sentencepiece as spm
+
+    pieces = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+    return {"pieces": pieces, "lines": len(lines)}
+
+
+def step_llama(run: Run) -> dict:
+    from imagebind_llm.config import AdapterConfig, LlamaConfig
+    from imagebind_llm.llama import Llama
+    from imagebind_llm.tokenizer import Tokenizer
+    from imagebind_llm.weights import write_meta_llama
+
+    c = run.config
+    tokenizer = Tokenizer(run.path("llama", "tokenizer.model"))
+    lines = _world_text(run)
+    sequences = [tokenizer.encode(line, bos=True, eos=True) for line in lines]
+    config = LlamaConfig(dim=c.lm_dim, n_layers=c.lm_layers, n_heads=c.lm_heads, vocab_size=tokenizer.n_words,
+                         multiple_of=32, max_seq_len=256)
+    torch.manual_seed(c.seed)
+    model = Llama(config, AdapterConfig(bias_lora=False, query_layer=1, imagebind_dim=8))
+    for name, p in model.named_parameters():
+        if p.ndim == 2:
+            torch.nn.init.normal_(p, std=0.02)
+    model.train()
+    params = [p for n, p in model.named_parameters() if "gate" not in n]
+    optimizer = torch.optim.AdamW(params, lr=c.lm_lr, betas=(0.9, 0.95), weight_decay=c.lm_weight_decay)
+    rng = random.Random(c.seed)
+    from tqdm.auto import tqdm
+
+    losses = []
+    for step in tqdm(range(c.lm_steps), desc="language model", leave=False):
+        for group in optimizer.param_groups:
+            group["lr"] = c.lm_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / c.lm_steps))
+        batch = rng.sample(sequences, min(c.lm_batch, len(sequences)))
+        length = max(len(s) for s in batch)
+        tokens = torch.zeros(len(batch), length, dtype=torch.long)
+        targets = torch.full((len(batch), length), -100, dtype=torch.long)
+        for row, seq in enumerate(batch):
+            tokens[row, :len(seq)] = torch.tensor(seq)
+            targets[row, :len(seq) - 1] = torch.tensor(seq[1:])
+        logits = model(tokens)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                 ignore_index=-100)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    state = {k: v.half() for k, v in model.state_dict().items() if "gate" not in k}
+    write_meta_llama(state, config, run.path("llama", "toy"))
+    return {"loss_first": losses[0], "loss_last": float(np.mean(losses[-20:])), "params": sum(
+        v.numel() for v in state.values())}
+
+
+# ---------------------------------------------------------------------------------------------
+# 5-6. ImageBind-LLM stage 1 and 2 (python -m train), on images only
+# ---------------------------------------------------------------------------------------------
+
+
+def _stage_data(run: Run) -> tuple[Path, Path]:
+    from imagebind_llm.toyworld.dataset import read_index, scene_of
+    from imagebind_llm.toyworld.world import caption, questions_for
+
+    folder = run.path("world", "images").resolve()  # the data files hold absolute paths
+    records = read_index(folder)
+    captions = run.path("stages", "captions.csv")
+    captions.parent.mkdir(parents=True, exist_ok=True)
+    with open(captions, "w") as f:
+        f.write("url\tcaption\n")
+        for r in records:
+            f.write(f"{folder / r['files']['image']}\t{caption(scene_of(r))}\n")
+    rng = np.random.default_rng(run.config.seed)
+    llava = []
+    for r in records:
+        turns = []
+        for qa in questions_for(scene_of(r), rng):
+            turns += [{"from": "human", "value": qa.question}, {"from": "gpt", "value": qa.answer}]
+        llava.append({"image": str(folder / r["files"]["image"]), "conversations": turns})
+    instructions = run.path("stages", "questions.json")
+    instructions.write_text(json.dumps(llava))
+    return captions, instructions
+
+
+def _stage(run: Run, stage: str) -> dict:
+    import train
+
+    c = run.config
+    captions, instructions = _stage_data(run)
+    features = run.path("stages", "features")
+    common = [
+        f"model.imagebind={run.path('imagebind', 'imagebind.pth')}",
+        f"model.imagebind_config={run.path('imagebind', 'config.json')}",
+        f"model.llama={run.path('llama', 'toy')}", f"model.tokenizer={run.path('llama', 'tokenizer.model')}",
+        f"data.features={features}", "data.num_workers=0", "data.check_media=none", "tensorboard=false",
+        f"optim.batch_size={c.stage_batch}", f"seed={c.seed}", "log_interval=50", "save_interval=0",
+        "data.eval_fraction=0",
+    ]
+    if stage == "pretrain":
+        args = ["--stage", "pretrain", f"data.train=[{captions}]", f"optim.max_steps={c.pretrain_steps}",
+                "optim.warmup_steps=20", f"optim.lr={c.pretrain_lr}", "data.split_epoch=1", "data.augment=false"]
+    else:
+        args = ["--stage", "finetune", f"data.train=[{instructions}]", f"optim.max_steps={c.finetune_steps}",
+                "optim.warmup_steps=20", f"optim.lr={c.finetune_lr}", "data.multi_turn=true", "data.max_words=160",
+                f"model.adapter={run.path('stages', 'pretrain', 'export', 'adapter-official.pth')}", "data.augment=false"]
+    out = run.path("stages", stage)
+    train.main(args + common + ["--precompute", "--out", str(out)])  # resumable: computes only what is missing
+    summary = train.main(args + common + ["--out", str(out)])
+    return {k: summary[k] for k in summary if k in ("loss", "final_loss", "steps", "exported")}
+
+
+def step_pretrain(run: Run) -> dict:
+    return _stage(run, "pretrain")
+
+
+def step_finetune(run: Run) -> dict:
+    return _stage(run, "finetune")
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. visual cache, 8. evaluation, 9. install
+# ---------------------------------------------------------------------------------------------
+
+
+def step_cache(run: Run) -> dict:
+    from imagebind_llm.checkpoint import load_imagebind
+    from imagebind_llm.config import ImageBindConfig
+    from imagebind_llm.embedding import Embedder
+    from imagebind_llm.toyworld.dataset import read_index
+    from imagebind_llm.visual_cache import VisualCache
+
+    folder = run.path("world", "cache")
+    records = read_index(folder)
+    config = ImageBindConfig.from_dict(json.loads(run.path("imagebind", "config.json").read_text()))
+    embedder = Embedder(load_imagebind(run.path("imagebind", "imagebind.pth"), config), batch_size=64)
+    vectors = embedder.embed({"image": [str(folder / r["files"]["image"]) for r in records]}).unit["image"]
+    cache = VisualCache.from_vectors(vectors)
+    run.path("cache").mkdir(exist_ok=True)
+    cache.save(run.path("cache", "knn.index"))
+    return {"vectors": len(cache), "dim": cache.dim}
+
+
+def artifacts(run: Run) -> dict[str, Path]:
+    return {
+        "imagebind.pth": run.path("imagebind", "imagebind.pth"),
+        "imagebind.json": run.path("imagebind", "config.json"),
+        "llama/params.json": run.path("llama", "toy", "params.json"),
+        "llama/consolidated.00.pth": run.path("llama", "toy", "consolidated.00.pth"),
+        "tokenizer.model": run.path("llama", "tokenizer.model"),
+        "adapter.pth": run.path("stages", "finetune", "export", "adapter-official.pth"),
+        "knn.index": run.path("cache", "knn.index"),
+    }
+
+
+def step_evaluate(run: Run) -> dict:
+    from imagebind_llm.eval.toyworld import evaluate, format_table
+    from imagebind_llm.presets import pipeline_from_folder
+
+    pipeline = pipeline_from_folder(artifacts(run))
+    results = evaluate(pipeline, seed=run.config.seed + 100, n=run.config.eval_scenes,
+                       folder=run.path("eval"))
+    print(format_table(results))
+    return {"results": results}
+
+
+def step_install(run: Run) -> dict:
+    from imagebind_llm.presets import TOYWORLD_DIR, write_manifest
+
+    TOYWORLD_DIR.mkdir(parents=True, exist_ok=True)
+    for name, source in artifacts(run).items():
+        target = TOYWORLD_DIR / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    manifest = write_manifest(TOYWORLD_DIR, report={k: v for k, v in run.report["steps"].items()
+                                                    if k != "install"})
+    return {"files": len(manifest["files"]), "bytes": sum(f["bytes"] for f in manifest["files"].values())}
+
+
+STEP_FUNCTIONS = {"world": step_world, "vision": step_vision, "bind": step_bind, "tokenizer": step_tokenizer,
+                  "llama": step_llama, "pretrain": step_pretrain, "finetune": step_finetune, "cache": step_cache,
+                  "evaluate": step_evaluate, "install": step_install}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m train.toyworld", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/toyworld")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every step")
+    parser.add_argument("--install", action="store_true", help="copy the result into the package as the default")
+    parser.add_argument("--force", action="append", default=[], choices=STEPS, help="redo a finished step")
+    parser.add_argument("--until", choices=STEPS, help="stop after this step")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a size")
+    args = parser.parse_args(argv)
+    config = ToyWorldConfig.quick(args.out) if args.quick else ToyWorldConfig(out=args.out)
+    config = replace(config, seed=args.seed)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        kind = type(getattr(config, key))
+        config = replace(config, **{key: kind(value)})
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    logging.basicConfig(level=logging.WARNING)
+    run = Run(config)
+    started = time.perf_counter()
+    for step in STEPS:
+        if step == "install" and not args.install:
+            break
+        if run.done(step) and step not in args.force:
+            print(f"[{step}] done earlier, skipped")
+            continue
+        print(f"[{step}] ...", flush=True)
+        t = time.perf_counter()
+        details = STEP_FUNCTIONS[step](run)
+        run.finish(step, time.perf_counter() - t, **details)
+        print(f"[{step}] {time.perf_counter() - t:.0f} s", flush=True)
+        if step == args.until:
+            break
+    total = time.perf_counter() - started
+    run.report["total_seconds"] = round(total, 1)
+    run.report_path.write_text(json.dumps(run.report, indent=2, default=str))
+    print(f"finished in {total / 60:.1f} min; report: {run.report_path}")
+    return run.report
+
+
+if __name__ == "__main__":
+    main()
