@@ -586,3 +586,123 @@ def test_no_ffmpeg_needed_for_soundfile_formats(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda *_: None)
     path = write(tmp_path / "a.flac", tone(2.0))
     assert load_audio(path).shape == (3, 1, 128, 204)
+
+
+# --------------------------------------------------------------------------------------------
+# long audio: only the samples around the clips are read and resampled, with the same result
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 22050, 8000, 32000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_resample_range_equals_slices_of_the_whole(rate, channels):
+    x = torch.from_numpy(tone(20.0, rate=rate, channels=channels).T.copy())
+    whole = resample(x, rate, SR)
+    total = whole.shape[1]
+    reads = []
+
+    def read(lo, hi):
+        reads.append(hi - lo)
+        return x[:, lo:hi]
+
+    for start, stop in ((0, 1), (0, 32000), (total // 2, total // 2 + 32000), (total - 32000, total),
+                        (total - 1, total + 50), (12345, 12346)):
+        assert torch.equal(resample_mod.resample_range(read, x.shape[1], rate, SR, start, stop),
+                           whole[:, start:min(stop, total)]), (start, stop)
+        window = resample_mod.resample_window_input(start, stop, x.shape[1], rate, SR)
+        assert window is not None and window[1] - window[0] == reads[-1]
+    assert max(reads) < x.shape[1] / 2  # windows, never the whole signal
+    same = resample_mod.resample_range(read, x.shape[1], SR, SR, 10, 20)  # equal rates: a copy
+    assert torch.equal(same, x[:, 10:20]) and same.data_ptr() != x[:, 10:20].data_ptr()
+
+
+def test_resample_range_resamples_the_whole_signal_where_windows_are_not_exact():
+    x = torch.from_numpy(tone(20.0, rate=44100).T.copy())
+    reads = []
+
+    def read(lo, hi):
+        reads.append((lo, hi))
+        return x[:, lo:hi]
+
+    with torch.backends.mkldnn.flags(enabled=False):  # the GEMM path can round by input length
+        whole = resample(x, 44100, SR)
+        assert not resample_mod.windows_are_exact(44100, SR)
+        assert torch.equal(resample_mod.resample_range(read, x.shape[1], 44100, SR, 1000, 2000), whole[:, 1000:2000])
+    assert reads == [(0, x.shape[1])]
+    short = x[:, :30000]  # shorter than a window
+    assert resample_mod.resample_window_input(0, 100, short.shape[1], 44100, SR) is None
+
+
+@pytest.mark.parametrize("mode", ["official", "corrected"])
+def test_long_waveform_resamples_only_around_the_clips(mode, monkeypatch):
+    data = torch.from_numpy(tone(40.0, rate=44100, channels=2, dc=[0.01, -0.02]).T.copy())
+    before = data.clone()
+    options = AudioOptions(mode=mode)
+    expected = waveform_to_clips(data, 44100, options, windowed=False)
+    monkeypatch.setattr(audio_mod, "resample", lambda *a, **k: pytest.fail("the whole waveform was resampled"))
+    assert torch.equal(waveform_to_clips(data, 44100, options), expected)
+    assert torch.equal(load_audio((data, 44100), options), expected)
+    assert torch.equal(data, before)
+
+
+def _counting_reads(monkeypatch) -> list[int]:
+    frames: list[int] = []
+    original = sf.SoundFile.read
+
+    def read(self, frames_wanted=-1, *args, **kwargs):
+        out = original(self, frames_wanted, *args, **kwargs)
+        frames.append(len(out))
+        return out
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    return frames
+
+
+@pytest.mark.parametrize("mode", ["official", "corrected"])
+@pytest.mark.parametrize("ext,subtype", [(".wav", "PCM_16"), (".wav", "PCM_24"), (".flac", "PCM_16"),
+                                         (".wav", "FLOAT")])
+def test_long_files_are_read_only_around_the_clips(tmp_path, monkeypatch, mode, ext, subtype):
+    rate, seconds = 44100, 40.0
+    path = write(tmp_path / f"long{ext}", tone(seconds, rate=rate, channels=2, dc=[0.01, -0.02]), rate=rate,
+                 subtype=subtype)
+    options = AudioOptions(mode=mode)
+    waveform, decoded_rate = decode_audio(path)
+    expected = waveform_to_clips(waveform, decoded_rate, options, windowed=False)
+    frames = _counting_reads(monkeypatch)
+    monkeypatch.setattr(audio_mod, "resample", lambda *a, **k: pytest.fail("the whole waveform was resampled"))
+    assert torch.equal(load_audio(path, options), expected)
+    clip_reads = frames if subtype != "FLOAT" else frames[-3:]  # a float file is first scanned for NaN
+    assert 0 < sum(clip_reads) < 0.5 * seconds * rate
+    assert torch.equal(load_audio(path.read_bytes(), options), expected)  # sniffed, from memory
+    with open(path, "rb") as f:
+        assert torch.equal(load_audio(f, options), expected)
+
+
+def test_long_files_keep_the_refusals_of_the_whole_file_path(tmp_path):
+    rate = 44100
+    data = tone(40.0, rate=rate, channels=2)
+    data[5 * rate + 3, 1] = np.nan  # between the clips, in the channel the filterbank does not use
+    path = write(tmp_path / "nan.wav", data, rate=rate, subtype="FLOAT")
+    raises_input_error(lambda: load_audio(path), "nan.wav", "NaN")
+    silent = tone(40.0, rate=rate, channels=2)
+    silent[:, 0] = 0.0
+    raises_input_error(lambda: load_audio(write(tmp_path / "silent.wav", silent, rate=rate)), "silent.wav", "silent")
+    silent[5 * rate, 0] = 0.25  # one sample outside every clip: not silent, the clips are constant
+    path = write(tmp_path / "almost.wav", silent, rate=rate)
+    waveform, _ = decode_audio(path)
+    assert torch.equal(load_audio(path), waveform_to_clips(waveform, rate, AudioOptions(), windowed=False))
+    too_long = AudioOptions(max_duration_s=30.0)
+    raises_input_error(lambda: load_audio(write(tmp_path / "long.wav", tone(40.0, rate=rate), rate=rate), too_long),
+                       "long.wav", "too long")
+
+
+def test_long_m4a_reads_ffmpegs_output_around_the_clips(tmp_path, monkeypatch):
+    exe = audio_mod.find_ffmpeg()
+    if exe is None:
+        pytest.skip("no ffmpeg")
+    wav = write(tmp_path / "long.wav", tone(30.0, rate=44100, channels=2), rate=44100)
+    m4a = tmp_path / "long.m4a"
+    subprocess.run([exe, "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    waveform, rate = decode_audio(m4a)
+    expected = waveform_to_clips(waveform, rate, AudioOptions(), windowed=False)
+    monkeypatch.setattr(audio_mod, "resample", lambda *a, **k: pytest.fail("the whole waveform was resampled"))
+    assert torch.equal(load_audio(m4a), expected)

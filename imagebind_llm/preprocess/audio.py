@@ -48,6 +48,13 @@ Inputs
   or the one of the ``imageio-ffmpeg`` package if installed). The type comes from the file
   extension; bytes without a name are recognised by their content, and a file whose content is
   a different format than its extension says is refused (rename it).
+* long audio is not resampled whole: only the samples around the clips are (their output
+  samples are bit for bit those of the whole resampled waveform), and WAV and FLAC files (and
+  the float WAV ffmpeg decodes M4A/MP4/AAC into) are only *read* around the clips, so ten
+  minutes cost about what ten seconds do. MP3 and OGG, lossy streams whose samples after a
+  seek could differ, are decoded whole. Anything unusual (a file that may be refused: NaN
+  samples, a channel 0 constant in every sample read; a short read) goes through the whole-file
+  path, so refusals are the same.
 * a waveform: the tuple ``(waveform, sample_rate)``. ``waveform`` is a numpy array or a CPU
   torch tensor of floats in [-1, 1], shape ``(samples,)`` (mono) or ``(channels, samples)``
   (channels first, like ``torchaudio.load`` and ``librosa.load(mono=False)``). soundfile's
@@ -97,7 +104,7 @@ from .common import (
     load_each,
 )
 from .fbank import FbankOptions, kaldi_fbank
-from .resample import resample
+from .resample import resample, resample_range, resample_window_input, resampled_length
 
 __all__ = [
     "ACCEPTED_AUDIO",
@@ -394,6 +401,13 @@ def _decode_soundfile(source: Source, family: str, max_duration_s: float | None)
 
 
 def _decode_ffmpeg(source: Source, family: str, max_duration_s: float | None) -> tuple[np.ndarray, int]:
+    with tempfile.TemporaryDirectory(prefix="imagebind_audio_") as tmp:
+        out_path = _ffmpeg_to_wav(source, family, max_duration_s, Path(tmp))
+        return _read_ffmpeg_output(source, out_path, max_duration_s)
+
+
+def _ffmpeg_to_wav(source: Source, family: str, max_duration_s: float | None, tmp: Path) -> Path:
+    """Decode the file with ffmpeg into ``tmp/decoded.wav`` (32-bit float PCM); its path."""
     exe = find_ffmpeg()
     if exe is None:
         raise source.error(
@@ -401,54 +415,136 @@ def _decode_ffmpeg(source: Source, family: str, max_duration_s: float | None) ->
             "(install ffmpeg so that it is on PATH, or `pip install imageio-ffmpeg`)",
             f"without ffmpeg: {SOUNDFILE_FORMATS_TEXT} files, or (waveform, sample_rate)",
         )
-    with tempfile.TemporaryDirectory(prefix="imagebind_audio_") as tmp:
-        if source.path is not None:
-            in_path = Path(source.path).resolve()
-        else:
-            in_path = Path(tmp) / f"input{source.suffix or '.' + family}"
-            in_path.write_bytes(source.data)  # type: ignore[arg-type]
-        out_path = Path(tmp) / "decoded.wav"
-        cmd = [
-            exe,
-            "-nostdin",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-i",
-            f"file:{in_path}",
-            "-map",
-            "0:a:0",
-            "-vn",
-            "-c:a",
-            "pcm_f32le",
-        ]
-        if max_duration_s is not None:
-            # Decode a little more than the limit so that "too long" can still be detected.
-            cmd += ["-t", f"{max_duration_s + 1:g}"]
-        cmd += ["-f", "wav", "-y", f"file:{out_path}"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
-            raise source.error(
-                f"ffmpeg did not finish decoding within {FFMPEG_TIMEOUT_S} s", ACCEPTED_AUDIO
-            ) from None
-        except OSError as exc:
-            raise source.error(f"ffmpeg ({exe}) could not be run: {exc}", ACCEPTED_AUDIO) from exc
-        if proc.returncode != 0 or not out_path.exists():
-            message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-            detail = message[-1] if message else f"exit status {proc.returncode}"
-            if "matches no streams" in " ".join(message):
-                detail = "the file has no audio stream"
-            raise source.error(
-                f"the file could not be decoded as {_FORMAT_NAMES[family]} by ffmpeg ({detail})",
-                ACCEPTED_AUDIO,
-            )
-        try:
-            data, rate = sf.read(str(out_path), dtype="float32", always_2d=True)
-        except (sf.SoundFileError, RuntimeError) as exc:
-            raise source.error(f"ffmpeg produced unreadable output ({exc})", ACCEPTED_AUDIO) from exc
+    if source.path is not None:
+        in_path = Path(source.path).resolve()
+    else:
+        in_path = tmp / f"input{source.suffix or '.' + family}"
+        in_path.write_bytes(source.data)  # type: ignore[arg-type]
+    out_path = tmp / "decoded.wav"
+    cmd = [
+        exe,
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-i",
+        f"file:{in_path}",
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-c:a",
+        "pcm_f32le",
+    ]
+    if max_duration_s is not None:
+        # Decode a little more than the limit so that "too long" can still be detected.
+        cmd += ["-t", f"{max_duration_s + 1:g}"]
+    cmd += ["-f", "wav", "-y", f"file:{out_path}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise source.error(
+            f"ffmpeg did not finish decoding within {FFMPEG_TIMEOUT_S} s", ACCEPTED_AUDIO
+        ) from None
+    except OSError as exc:
+        raise source.error(f"ffmpeg ({exe}) could not be run: {exc}", ACCEPTED_AUDIO) from exc
+    if proc.returncode != 0 or not out_path.exists():
+        message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = message[-1] if message else f"exit status {proc.returncode}"
+        if "matches no streams" in " ".join(message):
+            detail = "the file has no audio stream"
+        raise source.error(
+            f"the file could not be decoded as {_FORMAT_NAMES[family]} by ffmpeg ({detail})",
+            ACCEPTED_AUDIO,
+        )
+    return out_path
+
+
+def _read_ffmpeg_output(
+    source: Source, out_path: Path, max_duration_s: float | None
+) -> tuple[np.ndarray, int]:
+    try:
+        data, rate = sf.read(str(out_path), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as exc:
+        raise source.error(f"ffmpeg produced unreadable output ({exc})", ACCEPTED_AUDIO) from exc
     _check_decoded(source.name, data.shape[0], int(rate), max_duration_s)
     return data.T, int(rate)
+
+
+# --------------------------------------------------------------------------------------------
+# Long files: reading only the samples around the clips
+
+
+class _Irregular(Exception):
+    """The windowed reading met something the whole-file path must judge (it is used instead)."""
+
+
+#: Containers and sample encodings that are read around the clips: uncompressed or lossless and
+#: stateless, so a seek gives exactly the samples a whole-file read gives.
+_WINDOWED_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "FLAC"})
+_WINDOWED_SUBTYPES = frozenset(
+    {"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"}
+)
+_FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+_SCAN_BLOCK_FRAMES = 1 << 18
+
+
+def _load_windowed(source: Source, label: str, options: AudioOptions) -> torch.Tensor | None:
+    """:func:`load_audio` of a WAV or FLAC file (or ffmpeg's decoded output) that reads only the
+    samples around the clips (:func:`_clips_from_reader`) instead of decoding the whole file:
+    the same tensor, bit for bit. None when the whole-file path must run instead: the audio is
+    short (the clips cover much of it), or anything about the file is unusual (an encoding that
+    is not seekable exactly, a sample rate or length the whole-file path refuses, a short read)
+    or may be refused (NaN samples, a channel 0 that is constant in every sample read), so that
+    refusals and their messages stay those of the whole-file path.
+
+    Checks equal to the whole-file path's: a float file is scanned block by block for NaN and
+    infinite samples (all channels, as :func:`_check_samples` does); integer encodings cannot
+    hold them. Channel 0 is silent only if constant everywhere, so varying samples among those
+    read prove it is not."""
+    try:
+        with source.open() as raw, sf.SoundFile(raw) as snd:
+            if snd.format not in _WINDOWED_FORMATS or snd.subtype not in _WINDOWED_SUBTYPES:
+                return None
+            if not snd.seekable():
+                return None
+            frames, rate = int(snd.frames), int(snd.samplerate)
+            if frames < 1 or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+                return None
+            if options.max_duration_s is not None and frames / rate > options.max_duration_s:
+                return None
+            if options.clips_per_video * options.clip_duration * 2 > frames / rate:
+                return None  # short audio: the clips cover much of it
+            snd.seek(frames - 1)  # the header's length is really there (a truncated file is not)
+            if snd.read(1, dtype="float32", always_2d=True).shape[0] != 1:
+                return None
+            if snd.subtype in _FLOAT_SUBTYPES:
+                snd.seek(0)
+                for block in snd.blocks(_SCAN_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                    if not np.isfinite(block).all():
+                        return None
+            rows = slice(None) if options.mode == "official" else slice(0, 1)
+            first_value: list[float] = []
+            varies = False
+
+            def read(lo: int, hi: int) -> torch.Tensor:
+                nonlocal varies
+                snd.seek(lo)
+                data = snd.read(hi - lo, dtype="float32", always_2d=True)
+                if data.shape[0] != hi - lo:
+                    raise _Irregular
+                if data.shape[0]:
+                    channel0 = data[:, 0]
+                    if not first_value:
+                        first_value.append(float(channel0[0]))
+                    varies = varies or bool((channel0 != first_value[0]).any())
+                return torch.from_numpy(np.ascontiguousarray(data.T[rows]))
+
+            clips = _clips_from_reader(read, frames, rate, options, label)
+    except (_Irregular, sf.SoundFileError, RuntimeError, ValueError, TypeError, OSError):
+        return None
+    if clips is None or not varies:
+        return None
+    return clips
 
 
 def decode_audio(
@@ -465,11 +561,18 @@ def decode_audio(
     Checks the file (size, format, decodability) but not the samples; :func:`load_audio` does.
     """
     source = as_source(audio, name=name, max_bytes=max_bytes, accepted=ACCEPTED_AUDIO)
-    family = _detect_format(source)
+    return _decode_source(source, _detect_format(source), max_duration_s)
+
+
+def _decode_source(source: Source, family: str, max_duration_s: float | None) -> tuple[torch.Tensor, int]:
     if family in _FFMPEG_FAMILIES:
         data, rate = _decode_ffmpeg(source, family, max_duration_s)
     else:
         data, rate = _decode_soundfile(source, family, max_duration_s)
+    return _decoded_tensor(source, data, rate)
+
+
+def _decoded_tensor(source: Source, data: np.ndarray, rate: int) -> tuple[torch.Tensor, int]:
     if data.shape[1] == 0:
         raise source.error("the file contains no audio samples (zero length)", ACCEPTED_AUDIO)
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), rate
@@ -588,44 +691,120 @@ def _melspec(clip_channel0: torch.Tensor, options: AudioOptions, label: str) -> 
 
 
 def waveform_to_clips(
-    waveform: torch.Tensor, sample_rate: int, options: AudioOptions | None = None, *, name: str = "<waveform>"
+    waveform: torch.Tensor,
+    sample_rate: int,
+    options: AudioOptions | None = None,
+    *,
+    name: str = "<waveform>",
+    windowed: bool = True,
 ) -> torch.Tensor:
     """Steps 2-5 of the pipeline on a checked float32 (channels, samples) waveform.
 
-    Returns (clips, 1, num_mel_bins, target_length). The input tensor is not modified.
+    Returns (clips, 1, num_mel_bins, target_length). The input tensor is not modified. When
+    the clips are a small part of the waveform (long audio), only the samples around them are
+    resampled (``windowed=False``: the whole waveform is, as the official code does); the
+    result is the same, bit for bit (see :func:`_clips_from_reader`).
     """
     options = _resolve_options(options, None)
     if not (torch.is_tensor(waveform) and waveform.dim() == 2 and waveform.dtype == torch.float32):
         raise TypeError("waveform_to_clips expects a float32 tensor of shape (channels, samples)")
-    fb_opts = options.fbank_options
-    official = options.mode == "official"
     # Official: every channel is resampled (all of them enter the clip mean). Corrected: only
     # channel 0 is ever used.
-    source = waveform if official else waveform[:1]
-    signal = resample(source, int(sample_rate), options.sample_rate)
-    num_samples = signal.shape[1]
-    if num_samples < fb_opts.window_size:
-        raise InputError(
-            name,
-            f"the audio is too short ({num_samples} samples at {options.sample_rate} Hz; at least "
-            f"{fb_opts.window_size} samples = {options.frame_length_ms:g} ms are needed for one frame)",
-            f"audio of at least {options.frame_length_ms:g} ms",
+    source = waveform if options.mode == "official" else waveform[:1]
+    clips = None
+    if windowed:
+        clips = _clips_from_reader(
+            lambda lo, hi: source[:, lo:hi], source.shape[1], int(sample_rate), options, name
         )
-    ranges = clip_sample_ranges(num_samples, options)
+    if clips is not None:
+        return clips
+    signal = resample(source, int(sample_rate), options.sample_rate)
+    # The official loader subtracts each clip's mean in place on a view of the shared waveform;
+    # do exactly that, on a private copy (resample() already returned a new tensor unless the
+    # rate was right).
+    shared = signal.clone() if signal is source and options.mode == "official" else signal
+    return _clips_of_segments([(0, shared)], signal.shape[1], options, name)
+
+
+#: Long audio is read and resampled only around its clips when the samples needed are at most
+#: this fraction of the whole (else the whole waveform is resampled at once).
+WINDOWED_MAX_FRACTION = 0.5
+
+
+def _too_short(name: str, num_samples: int, options: AudioOptions) -> InputError:
+    return InputError(
+        name,
+        f"the audio is too short ({num_samples} samples at {options.sample_rate} Hz; at least "
+        f"{options.fbank_options.window_size} samples = {options.frame_length_ms:g} ms are needed "
+        "for one frame)",
+        f"audio of at least {options.frame_length_ms:g} ms",
+    )
+
+
+def _clip_segments(num_samples: int, options: AudioOptions) -> list[tuple[int, int]]:
+    """The clips' sample ranges at the target rate, cut to the signal and merged where they
+    overlap (ascending)."""
+    segments: list[list[int]] = []
+    for start, stop in sorted(clip_sample_ranges(num_samples, options)):
+        stop = min(stop, num_samples)
+        if segments and start < segments[-1][1]:
+            segments[-1][1] = max(segments[-1][1], stop)
+        else:
+            segments.append([start, stop])
+    return [(a, b) for a, b in segments]
+
+
+def _clips_from_reader(read, length: int, rate: int, options: AudioOptions, name: str) -> torch.Tensor | None:
+    """The clips of a signal of ``length`` samples at ``rate`` Hz that is read in parts:
+    ``read(lo, hi)`` returns its samples ``[lo, hi)`` as float32 ``(channels, hi - lo)`` (the
+    channels :func:`waveform_to_clips` resamples: all in official mode, channel 0 in corrected
+    mode). Only the samples around the clips are read and resampled
+    (:func:`~.resample.resample_range`, bit for bit the slices of the whole resampled signal),
+    so the result equals :func:`waveform_to_clips` on the whole waveform.
+
+    Returns None, having read nothing, when that would not save much: the samples needed are
+    more than :data:`WINDOWED_MAX_FRACTION` of the signal (short audio), or the rates need the
+    banded resampler; or when the signal is too short for one frame (the caller's full path
+    reports it)."""
+    if length < 1:
+        return None
+    num_samples = resampled_length(length, rate, options.sample_rate)
+    if num_samples < options.fbank_options.window_size:
+        return None
+    segments = _clip_segments(num_samples, options)
+    windows = []
+    for start, stop in segments:
+        if rate == options.sample_rate:
+            windows.append((start, stop))
+            continue
+        window = resample_window_input(start, stop, length, rate, options.sample_rate)
+        if window is None:
+            return None
+        windows.append(window)
+    if sum(hi - lo for lo, hi in windows) > WINDOWED_MAX_FRACTION * length:
+        return None
+    parts = [(start, resample_range(read, length, rate, options.sample_rate, start, stop))
+             for start, stop in segments]
+    return _clips_of_segments(parts, num_samples, options, name)
+
+
+def _clips_of_segments(parts: list[tuple[int, torch.Tensor]], num_samples: int, options: AudioOptions,
+                       name: str) -> torch.Tensor:
+    """Steps 3-5 on the resampled signal given as parts ``(first sample, samples)`` that hold
+    every clip (overlapping clips in one part). Official mode subtracts the means in place on
+    the parts (which must be private tensors)."""
+    if num_samples < options.fbank_options.window_size:
+        raise _too_short(name, num_samples, options)
     clips = []
-    if official:
-        # The official loader subtracts each clip's all-channel mean in place on a view of the
-        # shared waveform; do exactly that, on a private copy (resample() already returned a
-        # new tensor unless the rate was right).
-        shared = signal.clone() if signal is source else signal
-        for start, stop in ranges:
-            view = shared[:, start:stop]
+    for start, stop in clip_sample_ranges(num_samples, options):
+        stop = min(stop, num_samples)
+        first, part = next((a, t) for a, t in parts if a <= start and stop <= a + t.shape[1])
+        if options.mode == "official":
+            view = part[:, start - first:stop - first]
             view -= view.mean()
             clips.append(_melspec(view[0], options, name))
-    else:
-        channel0 = signal[0]
-        for start, stop in ranges:
-            clip = channel0[start:stop].clone()
+        else:
+            clip = part[0, start - first:stop - first].clone()
             clip = clip - clip.mean()
             clips.append(_melspec(clip, options, name))
     return torch.stack(clips, dim=0).contiguous()
@@ -688,10 +867,22 @@ def load_audio(
             name or "<waveform>", "a bare array has no sample rate", "(waveform, sample_rate), or a file"
         )
     else:
-        waveform, rate = decode_audio(
-            audio, name=name, max_bytes=max_bytes, max_duration_s=options.max_duration_s
-        )
+        source = as_source(audio, name=name, max_bytes=max_bytes, accepted=ACCEPTED_AUDIO)
+        family = _detect_format(source)
         label = name or _source_label(audio)
+        if family in _FFMPEG_FAMILIES:
+            with tempfile.TemporaryDirectory(prefix="imagebind_audio_") as tmp:
+                decoded = _ffmpeg_to_wav(source, family, options.max_duration_s, Path(tmp))
+                clips = _load_windowed(Source(name=source.name, suffix=".wav", path=decoded), label, options)
+                if clips is not None:
+                    return clips
+                waveform, rate = _decoded_tensor(source, *_read_ffmpeg_output(source, decoded,
+                                                                               options.max_duration_s))
+        else:
+            clips = _load_windowed(source, label, options) if family in ("wav", "flac") else None
+            if clips is not None:
+                return clips
+            waveform, rate = _decode_source(source, family, options.max_duration_s)
         if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
             raise InputError(
                 label,
@@ -711,7 +902,8 @@ def _source_label(audio: Any) -> str:
 
 
 def _check_samples(label: str, waveform: torch.Tensor, options: AudioOptions) -> None:
-    if not bool(torch.isfinite(waveform).all()):
+    # numpy's isfinite is about 10x faster than torch's on long float32 audio (same answer)
+    if not bool(np.isfinite(waveform.numpy()).all()):
         bad = int((~torch.isfinite(waveform)).sum())
         raise InputError(
             label, f"the audio contains {bad} NaN or infinite sample(s)", "finite float samples in [-1, 1]"

@@ -1,0 +1,44 @@
+"""Smoke test of bench/load.py: the quick run starts the app twice (batching off and on), drives it
+with 1 and 2 gradio clients and prints a table of figures without errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?$")
+
+
+def test_quick_run_prints_numbers_and_no_errors(tmp_path):
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--quick", "--json",
+                          str(tmp_path / "load.json")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=240)
+    printed = run.stdout
+    assert run.returncode == 0, printed + run.stderr
+    lines = printed.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("batching  clients"))
+    spans = [(m.start(), m.end()) for m in re.finditer(r"-+", lines[header + 1])]  # the columns
+    columns = [lines[header][a:b].strip() for a, b in spans]
+    rows = {}
+    for line in lines[header + 2:]:
+        cells = [line[a:b].strip() for a, b in spans]
+        if cells[0] not in ("off", "on"):
+            break
+        rows[(cells[0], int(cells[1]))] = dict(zip(columns, cells))
+    assert set(rows) == {("off", 1), ("off", 2), ("on", 1), ("on", 2)}, printed
+    for (_, clients), row in rows.items():
+        assert int(row["requests"]) == 2 * clients and int(row["errors"]) == 0 and int(row["tokens"]) > 0, printed
+        for name in ("tok/ans", "wall s", "tokens/s", "p50 s", "p95 s", "TTFT p50", "TTFT p95", "app CPU s",
+                     "tokens/app CPU s"):  # the figures are numbers
+            value = row[name]
+            assert NUMBER.match(value) and float(value) > 0, (name, printed)
+    assert re.search(r"^errors: 0$", printed, re.MULTILINE), printed
+    assert re.search(r"scaling, batching on: 2 clients / 1 client = [0-9.]+x", printed), printed
+    saved = json.loads((tmp_path / "load.json").read_text())
+    assert len(saved["phases"]) == 4 and all(p["errors"] == 0 for p in saved["phases"])
