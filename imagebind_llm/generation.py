@@ -74,6 +74,21 @@ def _is_cancelled(cancel: CancelCheck) -> bool:
     return bool(cancel())
 
 
+def prompt_lengths(model, prompts: Sequence[Sequence[int]]) -> list[int]:
+    """The prompts' lengths, after checking that there is at least one, that none is empty and
+    that each leaves room for an answer in the model's context."""
+    if not prompts:
+        raise InputError("prompt", "no prompt given", "one or more non-empty prompts")
+    lengths = [len(p) for p in prompts]
+    if min(lengths) == 0:
+        raise InputError("prompt", "a prompt has no tokens", "non-empty prompts")
+    max_len = model.config.llama.max_seq_len
+    if max(lengths) >= max_len:
+        raise InputError("prompt", f"the prompt has {max(lengths)} tokens, the model's context holds "
+                         f"{max_len} (including the answer)", f"prompts shorter than {max_len} tokens")
+    return lengths
+
+
 def generate_tokens(
     model,
     prompts: Sequence[Sequence[int]],
@@ -89,15 +104,8 @@ def generate_tokens(
     output for each row (or None for text only). Stops when every row has finished or when
     ``cancel`` fires.
     """
-    if not prompts:
-        raise InputError("prompt", "no prompt given", "one or more non-empty prompts")
-    lengths = [len(p) for p in prompts]
-    if min(lengths) == 0:
-        raise InputError("prompt", "a prompt has no tokens", "non-empty prompts")
+    lengths = prompt_lengths(model, prompts)
     max_len = model.config.llama.max_seq_len
-    if max(lengths) >= max_len:
-        raise InputError("prompt", f"the prompt has {max(lengths)} tokens, the model's context holds "
-                         f"{max_len} (including the answer)", f"prompts shorter than {max_len} tokens")
     device = model.device
     batch, longest = len(prompts), max(lengths)
     limits = [min(config.max_new_tokens, max_len - n) for n in lengths]

@@ -1,0 +1,684 @@
+"""Speed of this project's decoders against the baselines, in one run on one device.
+
+    python bench/speed.py                          # small default model and a 7B-shaped model
+    python bench/speed.py --models small           # skip the 13.5 GB model
+    python bench/speed.py --quick                  # seconds: a smoke run
+    python bench/speed.py --official /path/to/LLaMA-Adapter --models 7b   # + the official generate (CUDA)
+
+Models: ``small`` = the default preset's pipeline (``load_preset_pipeline()``: the trained
+toy-world model when installed, else the untrained tiny one), float32; ``7b`` = LLaMA-7B's shape
+(4096 wide, 32 layers, vocabulary 32000) with ImageBind-LLM's adapter and random weights, in
+bfloat16, with a random-weight ImageBind huge (bfloat16) for the image. A case that does not fit
+the free memory is skipped with a printed note.
+
+What is measured (greedy decoding, every row runs its full length):
+
+* **decode tokens/s** at batch 1, 4 and 16 (``--batches``): tokens after the first x batch / the
+  time of those steps. Decoders: ``eager`` (the baseline: ``generation.generate_tokens``, the
+  plain eager loop, consumed as the pipeline consumes it) and the project's
+  :class:`~imagebind_llm.fast_decode.StaticDecoder` kinds (``--decoders``; default ``static``,
+  plus ``compiled`` on CUDA: compiling on a CPU takes 20 s to minutes, add it explicitly). ``x eager`` is
+  project / baseline. ``same`` says whether the decoder gave the baseline's tokens. On a CPU
+  also ``tok/cpu-s``: tokens per second of the process's CPU time (steadier than the wall clock
+  on a shared machine; with several threads it counts the time of every thread).
+* **time to first token** for an image plus a ``--prompt``-token prompt (30): preprocessing and
+  ImageBind encoding of a 640x480 JPEG, the bind network, the prefill and the first token.
+* **ImageBind encode time per modality** (batch 1): preprocessing (``preprocess.load`` of a
+  generated file) and ``encode_all``, for the ImageBind of each model (the 7B row: image only on
+  a CPU, every kind on CUDA; ``--encode-kinds``).
+* **peak memory** of each decode case (bench/common.py: CUDA ``max_memory_allocated``; CPU the
+  growth of the resident set during the case).
+* **fraction of the memory-bandwidth limit**: the bytes of weights read per step (every LLaMA
+  tensor but the token embedding, which is a lookup) x steps/s / the device bandwidth. The
+  bandwidth: ``--bandwidth GBps``, else a table of known GPUs, else (CPU) a quick ``torch`` copy
+  measured here (read + write bytes / time; an estimate, printed as such). KV-cache reads are not
+  counted (small next to the weights at these lengths).
+* **official** (``--official PATH``, a checkout of OpenGVLab/LLaMA-Adapter or its
+  ``imagebind_LLM`` folder): the official ``LLaMA_adapter.generate`` on the same weights
+  (converted to its float16 model; its decode loop, ImageBind replaced by the same visual
+  query). CUDA only (the official code hard-codes it) and the 7B shape only (it hard-codes the
+  width 4096); otherwise a note says it was skipped.
+
+``main(argv)`` returns the results (the dict ``--json`` writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import PeakMemory, random_7b_model, trim_heap  # noqa: E402
+
+#: Peak memory bandwidth (GB/s) of known GPUs, matched on the device name (first match wins).
+GPU_BANDWIDTH_GBPS = (
+    ("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0), ("GH200", 4000.0),
+    ("B200", 8000.0), ("A100-SXM4-80GB", 2039.0), ("A100 80GB", 1935.0), ("A100", 1555.0),
+    ("L40S", 864.0), ("L40", 864.0), ("L4", 300.0), ("A10G", 600.0), ("A10", 600.0), ("RTX 4090", 1008.0),
+    ("RTX 3090", 936.0), ("V100", 900.0), ("T4", 320.0),
+)
+PROMPT_TEXT_TOKENS = 30
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="bench/speed.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="small,7b", help="comma-separated: small, 7b (default both)")
+    p.add_argument("--batches", default=None, help="decode batch sizes (default 1,4,16; --quick 1,4)")
+    p.add_argument("--decoders", default=None,
+                   help="the project's decoders: static, compiled (default static, plus compiled on CUDA)")
+    p.add_argument("--prompt", type=int, default=PROMPT_TEXT_TOKENS, help="prompt tokens (default 30)")
+    p.add_argument("--new-tokens", type=int, default=None,
+                   help="new tokens per decode case (default 64; --quick 8)")
+    p.add_argument("--new-tokens-7b-cpu", type=int, default=3,
+                   help="new tokens of the 7B model on a CPU (default 3)")
+    p.add_argument("--prompt-7b-cpu", type=int, default=8,
+                   help="prompt tokens of the 7B decode cases on a CPU (default 8; the TTFT prompt stays "
+                        "--prompt)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per case, best kept (default 3; 7B on CPU 1)")
+    p.add_argument("--encode-kinds", default=None,
+                   help="modalities of the encode table (default all for small; image only for 7b on a CPU)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--bandwidth", type=float, default=None, metavar="GBps",
+                   help="device memory bandwidth in GB/s")
+    p.add_argument("--official", type=Path, default=None, metavar="PATH",
+                   help="LLaMA-Adapter checkout (or its imagebind_LLM folder) for the official generate "
+                        "(CUDA)")
+    p.add_argument("--quick", action="store_true", help="a smoke run of seconds (small model, few tokens)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    from imagebind_llm.preprocess import KINDS
+
+    args.models = ["small"] if args.quick else [m.strip() for m in args.models.split(",") if m.strip()]
+    for model in args.models:
+        if model not in ("small", "7b"):
+            p.error(f"--models: unknown model {model!r} (small, 7b)")
+    args.batches = [int(b) for b in (args.batches or ("1,4" if args.quick else "1,4,16")).split(",")]
+    args.new_tokens = args.new_tokens or (8 if args.quick else 64)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    if args.encode_kinds is not None:
+        args.encode_kinds = [k.strip() for k in args.encode_kinds.split(",") if k.strip()]
+        for kind in args.encode_kinds:
+            if kind not in KINDS:
+                p.error(f"--encode-kinds: unknown kind {kind!r} ({', '.join(KINDS)})")
+    if args.decoders is not None:
+        args.decoders = [d.strip() for d in args.decoders.split(",") if d.strip()]
+        for decoder in args.decoders:
+            if decoder not in ("static", "compiled"):
+                p.error(f"--decoders: unknown decoder {decoder!r} (static, compiled)")
+    if min(args.batches) < 1 or args.new_tokens < 2 or args.prompt < 2 or args.repeats < 1:
+        p.error("batches >= 1, --new-tokens >= 2, --prompt >= 2, --repeats >= 1")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Device facts
+# ---------------------------------------------------------------------------------------------
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """GB/s of ``dst.copy_(src)`` on float32 tensors of ``megabytes`` (bytes read + written)."""
+    import torch
+
+    n = megabytes * 2**20 // 4
+    src, dst = torch.ones(n), torch.empty(n)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n * 4 / best / 1e9
+
+
+def device_bandwidth(device, given: float | None, quick: bool) -> tuple[float | None, str]:
+    import torch
+
+    if given:
+        return given, "--bandwidth"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_BANDWIDTH_GBPS:
+            if key.lower() in name.lower():
+                return value, f"table ({name})"
+        return None, f"unknown GPU {name!r}: pass --bandwidth GBps"
+    gbps = cpu_copy_bandwidth(32 if quick else 256)
+    return gbps, "estimate: torch copy measured here (read + write)"
+
+
+def free_memory_bytes(device) -> int | None:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def machine(device) -> dict:
+    import platform
+
+    import torch
+
+    info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    if hasattr(os, "getloadavg"):
+        info["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+def build_small(device):
+    import torch
+
+    from imagebind_llm.presets import load_preset_pipeline
+
+    pipeline = load_preset_pipeline(None, device=device, dtype=torch.float32, base_check=False)
+    return pipeline.imagebind, pipeline.model.eval(), pipeline.name
+
+
+def seven_b_bytes() -> int:
+    from imagebind_llm.config import AdapterConfig, ImageBindLLMConfig, llama_7b
+    from imagebind_llm.model import ImageBindLLM
+
+    import torch
+
+    with torch.device("meta"):
+        model = ImageBindLLM(ImageBindLLMConfig(llama_7b(), AdapterConfig()))
+    return sum(p.numel() for p in model.parameters()) * 2  # bfloat16
+
+
+def build_7b(device, dtype):
+    return random_7b_model(device, dtype)
+
+
+def build_huge_imagebind(device, dtype):
+    from encoders import build_model
+
+    return build_model("huge", dtype, device)
+
+
+def weight_bytes(model) -> int:
+    """Bytes a decode step reads from the LLaMA's weights (the token embedding is a lookup)."""
+    llama = model.llama
+    skip = {id(t) for t in llama.tok_embeddings.parameters()}
+    tensors = [t for t in list(llama.parameters()) + list(llama.buffers()) if id(t) not in skip]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------
+
+
+def random_prompts(vocab: int, batch: int, length: int, seed: int = 0) -> list[list[int]]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return [[1] + torch.randint(3, vocab, (length - 1,), generator=generator).tolist() for _ in range(batch)]
+
+
+def visual_queries(model, batch: int, seed: int = 0):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    feature = torch.nn.functional.normalize(torch.randn(batch, model.config.adapter.imagebind_dim,
+                                                        generator=generator), dim=-1)
+    with torch.inference_mode():
+        return model.visual_query(feature.to(model.device))
+
+
+def run_decoder(model, kind: str, prompts, new_tokens: int, visual_query) -> dict:
+    """One greedy run: first_s (prefill + first token), decode_s, steps, tokens."""
+    from imagebind_llm.fast_decode import get_decoder
+    from imagebind_llm.generation import GenerationConfig, generate_tokens
+
+    config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
+    device = model.device
+    if kind == "eager":
+        rows: list[list[int]] = [[] for _ in prompts]
+        sync(device)
+        started = time.perf_counter()
+        first_at, first_cpu, steps = None, None, 0
+        for step in generate_tokens(model, prompts, config, visual_query=visual_query, eos_id=None):
+            if first_at is None:
+                first_at, first_cpu = time.perf_counter(), time.process_time()
+            else:
+                steps += 1
+            for row, token in enumerate(step):
+                if token is not None:
+                    rows[row].append(token)
+        ended, ended_cpu = time.perf_counter(), time.process_time()
+        return {"first_s": first_at - started, "decode_s": ended - first_at,
+                "decode_cpu_s": ended_cpu - first_cpu, "steps": steps, "tokens": rows}
+    stats: dict = {}
+    rows = get_decoder(model, kind).generate(prompts, config, visual_query=visual_query, eos_id=None,
+                                             stats=stats)
+    return {**stats, "tokens": rows}
+
+
+def decode_case(model, kind: str, batch: int, prompt_len: int, new_tokens: int, repeats: int,
+                warmup: bool) -> dict:
+    prompts = random_prompts(model.config.llama.vocab_size, batch, prompt_len, seed=batch)
+    query = visual_queries(model, batch, seed=batch)
+    compile_s = None
+    if warmup:
+        started = time.perf_counter()
+        run_decoder(model, kind, prompts, 2, query)  # first calls: allocations, kernels, compiling
+        if kind == "compiled":
+            compile_s = time.perf_counter() - started
+    if kind != "eager":  # its cache is allocated inside the measured block, as the eager loop's is
+        from imagebind_llm.fast_decode import get_decoder
+
+        get_decoder(model, kind).release()
+    trim_heap()
+    best = None
+    with PeakMemory(model.device) as memory:
+        for _ in range(repeats):
+            run = run_decoder(model, kind, prompts, new_tokens, query)
+            if best is None or run["decode_s"] < best["decode_s"]:
+                best = run
+    steps_per_s = best["steps"] / best["decode_s"] if best["decode_s"] > 0 else float("nan")
+    cpu_s = best["decode_cpu_s"]
+    return {"decoder": kind, "batch": batch, "prompt": prompt_len, "new_tokens": new_tokens,
+            "decode_tok_s": batch * steps_per_s, "steps_per_s": steps_per_s,
+            "decode_tok_per_cpu_s": batch * best["steps"] / cpu_s if cpu_s > 0 else float("nan"),
+            "first_ms": 1e3 * best["first_s"],
+            "peak_mib": (memory.peak_bytes or 0) / 2**20, "tokens": best["tokens"], "compile_s": compile_s}
+
+
+def encode_image(imagebind, path: str):
+    """Unit ImageBind feature (1, D) of an image file: preprocessing + encoding, as the pipeline does."""
+    from imagebind_llm.embedding import Embedder, Media
+
+    return Embedder(imagebind).embed_media([Media("image", path)])
+
+
+def ttft_case(imagebind, model, kind: str, image: str, prompt: list[int], repeats: int) -> dict:
+    """Image file + prompt -> first token: encode, bind network, prefill, first token (streaming)."""
+    import torch
+
+    from imagebind_llm.fast_decode import get_decoder
+    from imagebind_llm.generation import GenerationConfig, generate_tokens
+
+    config = GenerationConfig(max_new_tokens=1, temperature=0.0)
+    best = None
+    for _ in range(repeats + 1):  # the first run warms up
+        sync(model.device)
+        started = time.perf_counter()
+        feature = encode_image(imagebind, image)
+        with torch.inference_mode():
+            query = model.visual_query(feature.to(model.device))
+        sync(model.device)
+        encoded = time.perf_counter()
+        if kind == "eager":
+            steps = generate_tokens(model, [prompt], config, visual_query=query, eos_id=None)
+        else:
+            steps = get_decoder(model, kind).generate_tokens([prompt], config, visual_query=query,
+                                                             eos_id=None)
+        token = next(iter(steps))
+        ended = time.perf_counter()
+        run = {"decoder": kind, "encode_ms": 1e3 * (encoded - started), "ttft_ms": 1e3 * (ended - started),
+               "token": token}
+        if best is None or run["ttft_ms"] < best["ttft_ms"]:
+            best = run
+    return best
+
+
+def encode_table(imagebind, kinds: list[str], items: dict, device, repeats: int) -> list[dict]:
+    import torch
+
+    from encoders import preprocess_options
+
+    from imagebind_llm.preprocess import KIND_TO_MODALITY, load
+
+    options = preprocess_options()
+    rows = []
+    for kind in kinds:
+        item = items[kind]
+        item = item[0] if isinstance(item, list) else item
+        load(kind, item, options)  # warm-up
+        pre, enc = [], []
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            x = load(kind, item, options)
+            loaded = time.perf_counter()
+            with torch.inference_mode():
+                imagebind.encode_all(KIND_TO_MODALITY[kind], x[None].to(device=imagebind.device))
+            sync(device)
+            pre.append(loaded - started)
+            enc.append(time.perf_counter() - loaded)
+        pre, enc = pre[1:], enc[1:]  # the first run warms up
+        rows.append({"kind": kind, "preprocess_ms": 1e3 * statistics.median(pre),
+                     "encode_ms": 1e3 * statistics.median(enc)})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The official generate (CUDA, 7B shape)
+# ---------------------------------------------------------------------------------------------
+
+
+def official_folder(path: Path) -> Path:
+    for candidate in (path / "imagebind_LLM", path):
+        if (candidate / "llama" / "llama_adapter.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"no llama/llama_adapter.py under {path} or {path / 'imagebind_LLM'}")
+
+
+def official_model(folder: Path, model, max_batch: int):
+    """The official LLaMA_adapter (its Transformer in float16, as the official code builds it)
+    holding ``model``'s weights; ImageBind is not built (forward_visual is replaced per run)."""
+    import importlib
+
+    import torch
+    from torch import nn
+
+    from imagebind_llm.weights import project_to_adapter
+
+    sys.path.insert(0, str(folder))
+    try:
+        adapter_module = importlib.import_module("llama.llama_adapter")
+        llama_module = importlib.import_module("llama.llama")
+    finally:
+        sys.path.remove(str(folder))
+    config = model.config.llama
+    args = llama_module.ModelArgs(dim=config.dim, n_layers=config.n_layers, n_heads=config.n_heads,
+                                  vocab_size=config.vocab_size, multiple_of=config.multiple_of,
+                                  norm_eps=config.norm_eps, max_seq_len=config.max_seq_len,
+                                  max_batch_size=max_batch, w_bias=True, w_lora=True)
+    official = adapter_module.LLaMA_adapter.__new__(adapter_module.LLaMA_adapter)
+    nn.Module.__init__(official)
+    torch.set_default_tensor_type(torch.cuda.HalfTensor)
+    try:
+        official.llama = llama_module.Transformer(args)
+    finally:
+        torch.set_default_tensor_type(torch.FloatTensor)
+    base = {k: v for k, v in model.llama.state_dict().items() if ".lora." not in k and "gate" not in k}
+    official.llama.load_state_dict(base, strict=False)
+    adapter = {k[len("llama."):]: v for k, v in project_to_adapter(model).items() if k.startswith("llama.")}
+    missing = official.llama.load_state_dict(adapter, strict=False)
+    official.query_layer = model.config.adapter.query_layer
+    official.query_len = 1
+    official.prefix_query = nn.Embedding(official.query_layer, config.dim).to(model.device)
+    with torch.no_grad():
+        official.prefix_query.weight.copy_(model.prefix_query.float())
+
+    class _Tokenizer:  # token ids in, token ids out
+        pad_id, eos_id = -1, 2
+
+        def decode(self, ids):
+            return ids
+
+    official.tokenizer = _Tokenizer()
+    official.knn = False
+    del missing
+    return official
+
+
+def official_case(official, model, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
+    """Decode tokens/s of the official generate: runs of new_tokens and of 1 token, subtracted."""
+    prompts = random_prompts(model.config.llama.vocab_size, batch, prompt_len, seed=batch)
+    query = visual_queries(model, batch, seed=batch).half()
+    official.forward_visual = lambda *args, **kwargs: query
+
+    def timed(tokens: int) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            sync(model.device)
+            started = time.perf_counter()
+            official.generate({}, prompts, max_gen_len=tokens, temperature=0.0)
+            sync(model.device)
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    timed(2)  # warm-up
+    first = timed(1)
+    total = timed(new_tokens)
+    steps = new_tokens - 1
+    return {"decoder": "official", "batch": batch, "decode_tok_s": batch * steps / max(total - first, 1e-9),
+            "first_ms": 1e3 * first}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if value != value:
+        return "nan"
+    return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.3g}"
+
+
+def default_decoders(device, given) -> list[str]:
+    if given is not None:
+        return given
+    return ["static", "compiled"] if device.type == "cuda" else ["static"]
+
+
+def bench_model(name: str, args, device, bandwidth: float | None, media: dict, notes: list[str]) -> dict:
+    import torch
+
+    cpu = device.type == "cpu"
+    result: dict = {"model": name, "decode": [], "ttft": [], "encode": [], "skipped": None}
+    if name == "7b":
+        need = seven_b_bytes() + 2.6e9 + 1.0e9  # LLaMA + ImageBind huge (bf16) + activations and caches
+        free = free_memory_bytes(device)
+        if free is not None and free < need:
+            result["skipped"] = (f"the 7B-shaped model needs about {need / 1e9:.1f} GB, "
+                                 f"{free / 1e9:.1f} GB is free")
+            print(f"\n[7b] skipped: {result['skipped']}", flush=True)
+            return result
+    started = time.perf_counter()
+    if name == "small":
+        imagebind, model, label = build_small(device)
+        result["preset"] = label
+    else:
+        model = build_7b(device, torch.bfloat16)
+        imagebind = build_huge_imagebind(device, torch.bfloat16)
+    result["build_s"] = time.perf_counter() - started
+    result["dtype"] = str(model.dtype).replace("torch.", "")
+    result["weight_bytes"] = weight_bytes(model)
+    slow = name == "7b" and cpu
+    new_tokens = args.new_tokens_7b_cpu if slow else args.new_tokens
+    prompt_len = min(args.prompt_7b_cpu if slow else args.prompt,
+                     model.config.llama.max_seq_len - new_tokens - 1)
+    repeats = 1 if slow and args.repeats == 3 else args.repeats
+    decoders = default_decoders(device, args.decoders)
+    print(f"\n[{name}] {result.get('preset', '7B-shaped, random weights')}, {result['dtype']}, "
+          f"{result['weight_bytes'] / 2**20:.1f} MiB of weights read per step, "
+          f"built in {result['build_s']:.1f} s; "
+          f"decode: prompt {prompt_len} tokens, {new_tokens} new tokens, best of {repeats}", flush=True)
+
+    # decode tokens/s
+    rows = []
+    for batch in args.batches:
+        baseline = decode_case(model, "eager", batch, prompt_len, new_tokens, repeats, warmup=not slow)
+        cases = [baseline]
+        for kind in decoders:
+            # the same warm-up as the baseline; compiling (the compiled decoder's first call) is never timed
+            try:
+                cases.append(decode_case(model, kind, batch, prompt_len, new_tokens, repeats,
+                                         warmup=not slow or kind == "compiled"))
+            except Exception as error:  # noqa: BLE001 - report and go on
+                notes.append(f"[{name}] decoder {kind} at batch {batch} failed: {error}")
+        if args.official is not None:
+            cases.append(run_official(args, model, batch, prompt_len, new_tokens, repeats, device, notes,
+                                      name))
+        official = next((c for c in cases if c is not None and c["decoder"] == "official"), None)
+        for case in [c for c in cases if c is not None]:
+            case["x_eager"] = case["decode_tok_s"] / baseline["decode_tok_s"]
+            if official is not None:
+                case["x_official"] = case["decode_tok_s"] / official["decode_tok_s"]
+            if "decode_tok_per_cpu_s" in case:
+                case["x_eager_cpu"] = case["decode_tok_per_cpu_s"] / baseline["decode_tok_per_cpu_s"]
+            case["same_tokens"] = case["tokens"] == baseline["tokens"] if "tokens" in case else None
+            if bandwidth:
+                steps_per_s = case["decode_tok_s"] / case["batch"]
+                case["bandwidth_pct"] = 100 * result["weight_bytes"] * steps_per_s / (bandwidth * 1e9)
+            result["decode"].append(case)
+            row = [name, str(batch), case["decoder"], fmt(case["decode_tok_s"], 2), fmt(case["x_eager"], 2)]
+            if cpu:
+                row += [fmt(case.get("decode_tok_per_cpu_s"), 2), fmt(case.get("x_eager_cpu"), 2)]
+            rows.append(row + [fmt(case.get("first_ms")), fmt(case.get("peak_mib"), 0),
+                               fmt(case.get("bandwidth_pct"), 2),
+                               {True: "yes", False: "NO", None: "-"}[case["same_tokens"]],
+                               fmt(case.get("compile_s"))])
+    for case in result["decode"]:
+        case.pop("tokens", None)
+    header = ["model", "batch", "decoder", "decode tok/s", "x eager"]
+    if cpu:  # on a shared CPU the process's CPU time is steadier than the wall clock
+        header += ["tok/cpu-s", "x eager cpu"]
+    print(table(header + ["first ms", "peak MiB", "BW %", "same", "compile s"], rows), flush=True)
+    for case in result["decode"]:
+        if "x_official" in case and case["decoder"] != "official":
+            print(f"{name} batch {case['batch']}: {case['decoder']} / official generate = "
+                  f"{case['x_official']:.2f}x")
+
+    # time to first token: image + prompt
+    prompt = random_prompts(model.config.llama.vocab_size, 1, args.prompt, seed=99)[0]
+    ttft_rows = []
+    baseline = None
+    for kind in ["eager"] + decoders:
+        try:
+            case = ttft_case(imagebind, model, kind, str(media["image"]), prompt, 1 if slow else repeats)
+        except Exception as error:  # noqa: BLE001
+            notes.append(f"[{name}] time to first token with {kind} failed: {error}")
+            continue
+        baseline = baseline or case
+        case["x_eager"] = baseline["ttft_ms"] / case["ttft_ms"]
+        case["same_tokens"] = case["token"] == baseline["token"]
+        result["ttft"].append(case)
+        ttft_rows.append([name, kind, fmt(case["encode_ms"]), fmt(case["ttft_ms"]), fmt(case["x_eager"], 2),
+                          "yes" if case["same_tokens"] else "NO"])
+    for case in result["ttft"]:
+        case.pop("token", None)
+    print(f"time to first token: a 640x480 JPEG + a {args.prompt}-token prompt "
+          "(x eager: eager time / this time)")
+    print(table(["model", "decoder", "encode ms", "TTFT ms", "x eager", "same"], ttft_rows), flush=True)
+
+    # ImageBind encode per modality
+    kinds = args.encode_kinds or (["image"] if slow else (["image", "text"] if args.quick else list(media)))
+    kinds = [k for k in kinds if k in media]
+    result["encode"] = encode_table(imagebind, kinds, media, device, 1 if slow else repeats)
+    which = "huge, random weights, bfloat16" if name == "7b" else "the preset"
+    print(f"ImageBind encode, batch 1 ({which}):")
+    encode_rows = [[name, r["kind"], fmt(r["preprocess_ms"]), fmt(r["encode_ms"])] for r in result["encode"]]
+    print(table(["model", "kind", "preprocess ms", "encode ms"], encode_rows), flush=True)
+    del model, imagebind
+    trim_heap()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+_OFFICIAL: dict = {}
+
+
+def run_official(args, model, batch, prompt_len, new_tokens, repeats, device, notes, name):
+    reason = None
+    if device.type != "cuda":
+        reason = "the official code hard-codes CUDA"
+    elif model.config.llama.dim != 4096:
+        reason = "the official code hard-codes the width 4096 (7B shape only)"
+    if reason:
+        note = f"[{name}] official generate skipped: {reason}"
+        if note not in notes:
+            notes.append(note)
+        return None
+    try:
+        key = (id(model), max(args.batches))
+        if _OFFICIAL.get("key") != key:
+            _OFFICIAL.clear()
+            built = official_model(official_folder(args.official), model, max(args.batches))
+            _OFFICIAL.update(key=key, model=built)
+        return official_case(_OFFICIAL["model"], model, batch, prompt_len, new_tokens, repeats)
+    except Exception as error:  # noqa: BLE001 - the official code is outside this project
+        notes.append(f"[{name}] official generate failed at batch {batch}: {type(error).__name__}: {error}")
+        return None
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    info = machine(device)
+    bandwidth, source = device_bandwidth(device, args.bandwidth, args.quick)
+    where = info.get("gpu") or f"{info['threads']} threads"
+    print(f"device {device} ({where}), torch {info['torch']}, load average {info.get('loadavg')}")
+    print(f"memory bandwidth: {fmt(bandwidth)} GB/s ({source})")
+    notes: list[str] = []
+    if device.type == "cpu" and "compiled" not in default_decoders(device, args.decoders):
+        notes.append("compiled decoder not measured on a CPU (compiling takes 20 s to minutes per shape "
+                     "here; --decoders static,compiled to include it)")
+    if args.official is None:
+        notes.append("official generate not measured (--official PATH, CUDA only)")
+    from encoders import make_media
+
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        wanted = ["image", "text"] if args.quick else list(_all_kinds())
+        media = make_media(Path(folder), wanted)
+        for name in args.models:
+            results.append(bench_model(name, args, device, bandwidth, media, notes))
+    for note in notes:
+        print(f"note: {note}")
+    summary = {"machine": info, "bandwidth_gbps": bandwidth, "bandwidth_source": source, "models": results,
+               "notes": notes}
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _all_kinds():
+    from imagebind_llm.preprocess import KINDS
+
+    return KINDS
+
+
+if __name__ == "__main__":
+    main()
