@@ -1,10 +1,11 @@
-"""Command line: ``python -m imagebind_llm chat|embed|build-cache ...``.
+"""Command line: ``python -m imagebind_llm chat|embed|image|build-cache ...``.
 
     python -m imagebind_llm chat --image photo.jpg "What is in this picture?"
     python -m imagebind_llm chat --image photo.jpg:0.6 --audio rain.wav:0.4 --cache "What is happening?"
     python -m imagebind_llm chat --image cat.jpg --text "a cat:-1" --text "a dog:1" "What animal is this?"
     python -m imagebind_llm chat --interactive --image photo.jpg
     python -m imagebind_llm embed --image a.jpg --image b.jpg --text "a cat" --out embeddings.pt
+    python -m imagebind_llm image --image a.jpg --audio rain.wav:0.5 --out result.png "a painting"  (unCLIP)
 
 An input is ``VALUE`` or ``VALUE:WEIGHT`` (the part after the last colon is a weight only if it
 is a number). The model comes from ``--preset`` or from explicit files (``--imagebind``,
@@ -51,11 +52,32 @@ def add_model_arguments(parser: argparse.ArgumentParser, language_model: bool = 
         group.add_argument("--adapter", help="ImageBind-LLM adapter (7B.pth, ...)")
         group.add_argument("--tokenizer", help="tokenizer.model (default: found beside the LLaMA)")
         group.add_argument("--cache-index", help="visual cache index (knn.index)")
+        group.add_argument("--skip-base-check", action="store_true",
+                           help="do not run the preset's base-model check (tokenizer, perplexity probe; "
+                                "imagebind_llm/sanity.py) before the first answer")
+        group.add_argument("--decoder", choices=("eager", "static", "compiled", "auto"), default=None,
+                           help="how answers are decoded: eager (the plain loop), static (static KV cache, "
+                                "the same tokens), compiled (torch.compile of the step; CUDA graphs on a "
+                                "GPU; compiles at the first answer) or auto (measured at the first answer). "
+                                "Default: $IMAGEBIND_LLM_DECODER, else static on a CPU and eager on a GPU "
+                                "(imagebind_llm/fast_decode.py)")
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     group.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     group.add_argument("--mode", choices=("corrected", "official"), default="corrected",
                        help="preprocessing: the corrected default or the exact official behaviour")
+    memory = parser.add_argument_group("memory (README: Memory)")
+    if language_model:
+        memory.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                            help="weight-only quantisation of the LLaMA projections (int4: CPU or a CUDA GPU of "
+                                 "compute capability 8.0+); --dtype is then the activation dtype")
+    memory.add_argument("--imagebind-dtype", choices=sorted(DTYPES), default=None,
+                        help="ImageBind weights dtype (default: --dtype)")
+    memory.add_argument("--lazy-encoders", action="store_true",
+                        help="read each modality's encoder from the checkpoint when it is first used")
+    if language_model:
+        memory.add_argument("--offload-encoders", action="store_true",
+                            help="keep the encoders in CPU memory and move each to the GPU only while it encodes")
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +94,15 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
+def memory_options(args) -> dict:
+    """The memory flags as keyword arguments of ``Pipeline.from_paths`` / ``load_preset_pipeline``."""
+    imagebind_dtype = getattr(args, "imagebind_dtype", None)
+    return {"quantize": getattr(args, "quantize", None),
+            "imagebind_dtype": DTYPES[imagebind_dtype] if imagebind_dtype else None,
+            "lazy": bool(getattr(args, "lazy_encoders", False)),
+            "offload_encoders": bool(getattr(args, "offload_encoders", False))}
+
+
 def load_pipeline(args):
     from .pipeline import Pipeline
     from .preprocess import PreprocessOptions
@@ -84,10 +115,13 @@ def load_pipeline(args):
         overrides = {"imagebind": args.imagebind, "adapter": args.adapter, "cache_index": args.cache_index}
         return load_preset_pipeline(args.preset, llama=args.llama, overrides=overrides,
                                     cache_index=args.cache or bool(args.cache_index),
-                                    device=args.device, dtype=dtype, preprocess=preprocess)
+                                    device=args.device, dtype=dtype, preprocess=preprocess,
+                                    base_check=not getattr(args, "skip_base_check", False),
+                                    decoder=getattr(args, "decoder", None), **memory_options(args))
     return Pipeline.from_paths(imagebind=args.imagebind, llama=args.llama, adapter=args.adapter,
                                tokenizer=args.tokenizer, cache=args.cache_index, device=args.device, dtype=dtype,
-                               imagebind_config=imagebind_config(args.imagebind_config), preprocess=preprocess)
+                               imagebind_config=imagebind_config(args.imagebind_config), preprocess=preprocess,
+                               decoder=getattr(args, "decoder", None), **memory_options(args))
 
 
 def imagebind_config(name: str):
@@ -170,9 +204,10 @@ def run_embed(args) -> int:
     if not media:
         raise SystemExit("give at least one input (--image, --text, ...)")
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
+    dtype = memory_options(args)["imagebind_dtype"] or dtype
     if args.imagebind and not args.preset:
         model = load_imagebind(args.imagebind, imagebind_config(args.imagebind_config), device=args.device,
-                               dtype=dtype)
+                               dtype=dtype, lazy=args.lazy_encoders)
     else:
         from .presets import load_preset_imagebind
 
@@ -228,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", help="write the unit embeddings (.pt with labels, or .npy)")
     embed.set_defaults(run=run_embed)
 
+    from .image_cli import add_image_command
+
+    add_image_command(commands)  # image output (Stable unCLIP; the image extra)
+
     # listed for --help; main() hands its arguments to imagebind_llm.cache_builder
     commands.add_parser("build-cache", help="build a visual cache: from-images, from-features, compress")
     return parser
@@ -242,14 +281,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_presets:
-        from .presets import DEFAULT_PRESET, get_preset, list_presets
+        from .presets import DEFAULT_PRESET, LOCAL_PRESETS, get_preset, list_presets
 
-        for name in [DEFAULT_PRESET] + list_presets():
-            description = "random small weights, no download" if name == DEFAULT_PRESET else get_preset(name).description
-            print(f"{name:24s} {description}")
+        for name in list(LOCAL_PRESETS) + list_presets():
+            description = LOCAL_PRESETS[name] if name in LOCAL_PRESETS else get_preset(name).description
+            marker = " (default)" if name == DEFAULT_PRESET else ""
+            print(f"{name + marker:24s} {description}")
         return 0
     if args.command is None:
-        parser.error("choose a command: chat, embed or build-cache")
+        parser.error("choose a command: chat, embed, image or build-cache")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     from .errors import ImageBindLLMError

@@ -15,6 +15,8 @@ another turn brings new ones.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,18 @@ class Chat:
 
 
 class Pipeline:
+    #: The base-model check run once before the first answer (a :class:`~imagebind_llm.sanity.Probe`;
+    #: None: no check). :func:`~imagebind_llm.presets.load_preset_pipeline` sets the preset's.
+    base_check = None
+    base_check_result = None  # its CheckResult, once run
+    _base_check_lock = threading.Lock()
+    #: The shared :class:`~imagebind_llm.batching.DecodeBatcher` when :meth:`enable_batching` was called.
+    batcher = None
+    #: How answers are decoded (:mod:`imagebind_llm.fast_decode`): 'eager' (the plain loop of
+    #: generation.py), 'static', 'compiled' or 'auto'; None: ``IMAGEBIND_LLM_DECODER``, else
+    #: :func:`~imagebind_llm.fast_decode.default_decoder` ('static' on a CPU, 'eager' elsewhere).
+    decoder: str | None = None
+
     def __init__(self, imagebind: ImageBind, model: ImageBindLLM, tokenizer: Tokenizer,
                  cache: VisualCache | None = None, preprocess: PreprocessOptions | None = None,
                  *, name: str = "custom"):
@@ -105,19 +119,36 @@ class Pipeline:
                    cache: str | Path | None = None, tokenizer: str | Path | None = None,
                    imagebind_config: ImageBindConfig | None = None, device: str | torch.device = "cpu",
                    dtype: torch.dtype = torch.float32, imagebind_dtype: torch.dtype | None = None,
-                   preprocess: PreprocessOptions | None = None, name: str = "custom") -> "Pipeline":
-        """Load every part from local files, logging what is loaded and how long it took."""
+                   preprocess: PreprocessOptions | None = None, name: str = "custom",
+                   quantize: str | None = None, lazy: bool = False,
+                   offload_encoders: bool = False, decoder: str | None = None) -> "Pipeline":
+        """Load every part from local files, logging what is loaded and how long it took.
+
+        Memory options (README "Memory"): ``quantize`` 'int8'/'int4' for the LLaMA projections
+        (``dtype`` is then the activation dtype), ``imagebind_dtype`` for the encoders,
+        ``lazy`` reads each encoder from the checkpoint on first use, ``offload_encoders`` keeps
+        the encoders in CPU memory and moves each to ``device`` only while it encodes (nothing
+        to do on a CPU). ``decoder``: see :meth:`set_decoder`."""
+        from .fast_decode import check_decoder
+        from .lowmem import enable_offload
+
+        check_decoder(decoder)  # a wrong name fails before anything is loaded
+
         started = time.perf_counter()
-        encoder = load_imagebind(imagebind, imagebind_config or imagebind_huge(), device=device,
-                                 dtype=imagebind_dtype or dtype)
+        offloading = offload_encoders and torch.device(device).type != "cpu"
+        encoder = load_imagebind(imagebind, imagebind_config or imagebind_huge(),
+                                 device="cpu" if offloading else device, dtype=imagebind_dtype or dtype, lazy=lazy)
+        if offloading:
+            enable_offload(encoder, device)
         log.info("ImageBind loaded from %s in %.1f s", imagebind, time.perf_counter() - started)
         step = time.perf_counter()
         tok = Tokenizer(tokenizer or find_tokenizer(llama))
-        model = build_language_model(llama, adapter, tokenizer_words=tok.n_words, dtype=dtype, device=device)
+        model = build_language_model(llama, adapter, tokenizer_words=tok.n_words, dtype=dtype, device=device,
+                                     quantize=quantize)
         log.info("LLaMA %s + adapter %s loaded in %.1f s", llama, adapter, time.perf_counter() - step)
         visual_cache = VisualCache.load(cache) if cache else None
         log.info("pipeline %r ready in %.1f s", name, time.perf_counter() - started)
-        return cls(encoder, model, tok, visual_cache, preprocess, name=name)
+        return cls(encoder, model, tok, visual_cache, preprocess, name=name).set_decoder(decoder)
 
     # ----------------------------------------------------------------------------- features
 
@@ -141,16 +172,87 @@ class Pipeline:
 
     # ----------------------------------------------------------------------------- answers
 
+    def check_base_model(self):
+        """Run :attr:`base_check` once (imagebind_llm/sanity.py) and return its result (None when
+        there is no check); raise :class:`~imagebind_llm.sanity.BaseModelError` if it failed, now
+        and at every later answer. Warnings are logged."""
+        if self.base_check is None:
+            return None
+        with self._base_check_lock:
+            if self.base_check_result is None:
+                from .sanity import check_base_model
+
+                result = check_base_model(self.model, self.tokenizer, self.base_check)
+                log.info("base-model check: %s", result.summary())
+                for warning in result.warnings:
+                    log.warning("%s", warning)
+                self.base_check_result = result
+        self.base_check_result.raise_if_failed()
+        return self.base_check_result
+
     def stream_ids(self, prompt_ids: list[int], feature: torch.Tensor | None, settings: Settings,
                    cancel: CancelCheck = None) -> Iterator[int]:
+        self.check_base_model()
         visual_query = None
         if feature is not None:
             with torch.inference_mode():
                 visual_query = self.model.visual_query(feature[None].to(self.model.device))
-        for step in generate_tokens(self.model, [prompt_ids], settings.generation, visual_query=visual_query,
-                                    eos_id=self.tokenizer.eos_id, cancel=cancel):
+        if self.batcher is not None:  # decoded together with the other requests (enable_batching)
+            yield from self.batcher.stream(prompt_ids, visual_query, settings.generation,
+                                           eos_id=self.tokenizer.eos_id, cancel=cancel)
+            return
+        kind = self.decoder_kind()
+        if kind == "eager":  # the plain loop
+            steps = generate_tokens(self.model, [prompt_ids], settings.generation, visual_query=visual_query,
+                                    eos_id=self.tokenizer.eos_id, cancel=cancel)
+        else:
+            from .fast_decode import get_decoder
+
+            steps = get_decoder(self.model, kind).generate_tokens(
+                [prompt_ids], settings.generation, visual_query=visual_query, eos_id=self.tokenizer.eos_id,
+                cancel=cancel)
+        for step in steps:
             if step[0] is not None:
                 yield step[0]
+
+    def set_decoder(self, decoder: str | None) -> "Pipeline":
+        """Choose how answers are decoded (imagebind_llm/fast_decode.py): 'eager' (the plain
+        loop), 'static' (static KV cache, the same tokens), 'compiled' (the static step through
+        torch.compile; CUDA graphs on a GPU; compiles at the first answer) or 'auto' (measured
+        at the first answer, cached per model); None: ``IMAGEBIND_LLM_DECODER``, else 'static'
+        on a CPU and 'eager' elsewhere.
+        Returns the pipeline. The shared batcher (:meth:`enable_batching`) has its own loop."""
+        from .fast_decode import DECODER_ENV, check_decoder
+
+        self.decoder = check_decoder(decoder)
+        if decoder is None:  # a wrong environment value fails now, not at the first answer
+            check_decoder(os.environ.get(DECODER_ENV) or None)
+        return self
+
+    def decoder_kind(self) -> str:
+        """The decoder in use: :attr:`decoder` (None: ``IMAGEBIND_LLM_DECODER``, else 'static'
+        on a CPU and 'eager' elsewhere) with 'auto' resolved (measured once, cached per model)."""
+        from .fast_decode import resolve_decoder
+
+        return resolve_decoder(self.model, self.decoder)
+
+    def enable_batching(self, max_batch: int = 16, window_ms: float = 10.0):
+        """Decode the requests of every caller of this pipeline together: from now on each answer
+        is generated by one shared :class:`~imagebind_llm.batching.DecodeBatcher` (a thread that
+        owns the language model and decodes all running requests in one step), for callers on
+        many threads (the app with concurrency > 1). Greedy answers stay the same. Returns the
+        batcher; :meth:`disable_batching` goes back to decoding each request on its caller's thread."""
+        from .batching import DecodeBatcher
+
+        self.disable_batching()
+        self.batcher = DecodeBatcher(self.model, max_batch=max_batch, window_ms=window_ms)
+        return self.batcher
+
+    def disable_batching(self) -> None:
+        """Stop the shared batcher, if any (requests it is running end with an error)."""
+        batcher, self.batcher = self.batcher, None
+        if batcher is not None:
+            batcher.close()
 
     def stream(self, media: Sequence[Media], question: str, settings: Settings = Settings(),
                cancel: CancelCheck = None) -> Iterator[str]:
@@ -180,6 +282,10 @@ class Pipeline:
         turns' media. If the history does not fit the context, the oldest turns are left out of
         the prompt and a notice is added to ``chat.notices``."""
         validate_question(question)
+        checked = self.check_base_model()
+        for warning in checked.warnings if checked is not None else ():
+            if warning not in chat.notices:
+                chat.notices.append(warning)
         turn = ChatTurn(question=question, media=list(media))
         if media:
             turn.feature = self.feature(media, settings).vector

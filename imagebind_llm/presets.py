@@ -256,9 +256,10 @@ register_preset(Preset(
     llama_type="7B_chinese",
     llama_requirement=(
         "Open-Chinese-LLaMA-7B ('7B_chinese'): Meta's LLaMA-7B (request it at " + _LLAMA_FORM + ") plus the "
-        "Open-Chinese-LLaMA delta (Cxxs/Open-Chinese-LLaMA, 7B_chinese_delta/), added tensor by tensor. "
-        "The adapter was trained on this base; the official demo.py loads it on plain LLaMA-7B, which "
-        "does not match its training."),
+        "Open-Chinese-LLaMA delta (Cxxs/Open-Chinese-LLaMA, 7B_chinese_delta/), added tensor by tensor: "
+        "build it with `python -m imagebind_llm.merge /path/to/llama/7B` (downloads the delta, writes "
+        "/path/to/llama/7B_chinese) and pass that folder. The adapter was trained on this base; the "
+        "official demo.py loads it on plain LLaMA-7B, which does not match its training."),
     llama_delta=(CHINESE_DELTA_WEIGHTS, CHINESE_DELTA_PARAMS),
     legacy_bridge=False,
 ))
@@ -279,10 +280,35 @@ register_preset(Preset(
 # Small models that need no download
 # ---------------------------------------------------------------------------------------------
 
-#: A random-weight model of the small sizes: every feature works, the answers are noise. The
-#: app starts on it (and says so) until a trained default ships with the project.
+#: A random-weight model of the small sizes: every feature works, the answers are noise.
 UNTRAINED_PRESET = "tiny-untrained"
-DEFAULT_PRESET = UNTRAINED_PRESET
+#: The model trained on the toy world and shipped in the package (python -m train.toyworld --install).
+TOYWORLD_PRESET = "toyworld"
+TOYWORLD_DIR = PACKAGE_DIR / "assets" / "toyworld"
+MANIFEST = "manifest.json"
+#: The files of the shipped toy-world model, by role.
+TOYWORLD_FILES = ("imagebind.pth", "imagebind.json", "llama/params.json", "llama/consolidated.00.pth",
+                  "tokenizer.model", "adapter.pth", "knn.index")
+
+
+def toyworld_available() -> bool:
+    return (TOYWORLD_DIR / MANIFEST).is_file()
+
+
+def default_preset() -> str:
+    """The toy-world model when it is installed, else the untrained one."""
+    return TOYWORLD_PRESET if toyworld_available() else UNTRAINED_PRESET
+
+
+DEFAULT_PRESET = default_preset()
+
+#: The presets that need no download, with what they are (the released ones carry their own).
+LOCAL_PRESETS = {
+    TOYWORLD_PRESET: ("a small model trained on the generated toy world and shipped in the package: it "
+                      "answers about shapes, colours, counts and motions seen in images, video, sound, "
+                      "depth, thermal, IMU and 3D (python -m train.toyworld)"),
+    UNTRAINED_PRESET: "random small weights, no download (every feature works; the answers are noise)",
+}
 
 
 def untrained_tokenizer(directory: Path | None = None) -> Path:
@@ -351,10 +377,24 @@ def build_untrained_pipeline(seed: int = 0, *, device="cpu", dtype=None, preproc
 
 
 def load_preset_pipeline(name: str | None = None, *, llama=None, overrides=None, cache_index: bool = True,
-                         device="cpu", dtype=None, preprocess=None):
+                         device="cpu", dtype=None, preprocess=None, base_check: bool = True,
+                         decoder: str | None = None, **memory):
     """A ready :class:`~imagebind_llm.pipeline.Pipeline` for a preset name (default
     :data:`DEFAULT_PRESET`). Released presets need ``llama``, the base LLaMA folder (see
-    ``preset.llama_requirement``); their files are resolved (downloaded) by :mod:`.hub`."""
+    ``preset.llama_requirement``); their files are resolved (downloaded) by :mod:`.hub`.
+    ``memory``: ``quantize``, ``imagebind_dtype``, ``lazy``, ``offload_encoders`` (see
+    :meth:`~imagebind_llm.pipeline.Pipeline.from_paths`). ``base_check``: run the preset's
+    base-model check (:mod:`imagebind_llm.sanity`) before the first answer, if it has one.
+    ``decoder``: how answers are decoded (:meth:`~imagebind_llm.pipeline.Pipeline.set_decoder`)."""
+    from .fast_decode import check_decoder
+
+    check_decoder(decoder)
+    return _load_preset_pipeline(name, llama=llama, overrides=overrides, cache_index=cache_index, device=device,
+                                 dtype=dtype, preprocess=preprocess, base_check=base_check,
+                                 **memory).set_decoder(decoder)
+
+
+def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype, preprocess, base_check, **memory):
     import torch
 
     from .errors import CheckpointError
@@ -363,14 +403,24 @@ def load_preset_pipeline(name: str | None = None, *, llama=None, overrides=None,
 
     name = name or DEFAULT_PRESET
     if name == UNTRAINED_PRESET:
-        return build_untrained_pipeline(device=device, dtype=dtype, preprocess=preprocess)
+        from .lowmem import apply_memory_options
+
+        return apply_memory_options(build_untrained_pipeline(device=device, dtype=dtype, preprocess=preprocess),
+                                    device=device, **memory)
+    from .sanity import attach_probe
+
+    if name == TOYWORLD_PRESET:
+        return attach_probe(build_toyworld_pipeline(device=device, dtype=dtype, preprocess=preprocess, **memory),
+                            name, base_check)
     preset = get_preset(name)
     if llama is None:
         raise CheckpointError(f"preset {name} needs a base LLaMA folder (--llama PATH): {preset.llama_requirement}")
     files = resolve_preset(preset, overrides=overrides, cache_index=cache_index)
-    return Pipeline.from_paths(imagebind=files.imagebind, llama=llama, adapter=files.adapter,
-                               cache=files.cache_index, imagebind_config=preset.build_imagebind_config(),
-                               device=device, dtype=dtype or torch.float32, preprocess=preprocess, name=name)
+    pipeline = Pipeline.from_paths(imagebind=files.imagebind, llama=llama, adapter=files.adapter,
+                                   cache=files.cache_index, imagebind_config=preset.build_imagebind_config(),
+                                   device=device, dtype=dtype or torch.float32, preprocess=preprocess, name=name,
+                                   **memory)
+    return attach_probe(pipeline, name, base_check)
 
 
 def load_preset_imagebind(name: str | None = None, *, imagebind=None, device="cpu", dtype=None):
@@ -381,6 +431,84 @@ def load_preset_imagebind(name: str | None = None, *, imagebind=None, device="cp
     name = name or DEFAULT_PRESET
     if name == UNTRAINED_PRESET:
         return build_untrained_pipeline(device=device, dtype=dtype).imagebind
+    if name == TOYWORLD_PRESET:
+        files = verify_manifest(TOYWORLD_DIR)
+        return load_imagebind(files["imagebind.pth"], _config_file(files["imagebind.json"]), device=device, dtype=dtype)
     preset = get_preset(name)
     path = imagebind or resolve(preset.imagebind, role="imagebind")
     return load_imagebind(path, preset.build_imagebind_config(), device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped toy-world model: files in the package, checked against their sha256 at load
+# ---------------------------------------------------------------------------------------------
+
+
+def _config_file(path: Path):
+    import json
+
+    from .config import ImageBindConfig
+
+    return ImageBindConfig.from_dict(json.loads(Path(path).read_text()))
+
+
+def write_manifest(folder: Path, report: dict | None = None) -> dict:
+    """Record the sha256 and size of every file of a model folder (and the training report)."""
+    import hashlib
+    import json
+
+    folder = Path(folder)
+    files = {}
+    for name in TOYWORLD_FILES:
+        data = (folder / name).read_bytes()
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    manifest = {"format": "imagebind-llm-model", "files": files, "report": report or {}}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    return manifest
+
+
+def verify_manifest(folder: Path) -> dict[str, Path]:
+    """The paths of a model folder's files after checking each against the manifest's sha256."""
+    import hashlib
+    import json
+
+    from .errors import CheckpointError
+
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"no model in {folder}: {MANIFEST} is missing (train it with python -m train.toyworld "
+                              "--install)")
+    manifest = json.loads(manifest_path.read_text())
+    paths = {}
+    for name, expected in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing (the package is incomplete: reinstall it, or rebuild the model "
+                                  "with python -m train.toyworld --install)")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != expected["sha256"]:
+            raise CheckpointError(f"{path}: sha256 {digest} does not match the manifest ({expected['sha256']}); the "
+                                  "file is damaged or was changed: reinstall the package or rebuild the model")
+        paths[name] = path
+    return paths
+
+
+def pipeline_from_folder(files: dict, *, device="cpu", dtype=None, preprocess=None, name: str = TOYWORLD_PRESET,
+                         **memory):
+    """A Pipeline from the files of a toy-world-style model folder (roles of :data:`TOYWORLD_FILES`)."""
+    import torch
+
+    from .pipeline import Pipeline
+
+    return Pipeline.from_paths(
+        imagebind=files["imagebind.pth"], imagebind_config=_config_file(files["imagebind.json"]),
+        llama=Path(files["llama/params.json"]).parent, adapter=files["adapter.pth"],
+        tokenizer=files["tokenizer.model"], cache=files["knn.index"], device=device,
+        dtype=dtype or torch.float32, preprocess=preprocess, name=name, **memory)
+
+
+def build_toyworld_pipeline(*, device="cpu", dtype=None, preprocess=None, **memory):
+    """The shipped toy-world model, checksums verified (``memory``: see :func:`load_preset_pipeline`)."""
+    return pipeline_from_folder(verify_manifest(TOYWORLD_DIR), device=device, dtype=dtype, preprocess=preprocess,
+                                **memory)

@@ -144,7 +144,7 @@ def header_markdown(pipeline: Pipeline) -> str:
     """The page header: what the app is and which model answers. The text comes from the
     pipeline (its ``name``, and ``description`` when it has one) and the preset registry, so a
     trained default model brings its own words."""
-    from ..presets import UNTRAINED_PRESET, get_preset, list_presets
+    from ..presets import TOYWORLD_PRESET, UNTRAINED_PRESET, get_preset, list_presets
 
     lines = ["# ImageBind-LLM 🚀",
              ("Chat with a LLaMA model about images, audio, video, depth, thermal, IMU and 3D, "
@@ -158,6 +158,16 @@ def header_markdown(pipeline: Pipeline) -> str:
             "small model with random weights, so that it starts anywhere in seconds with no download. "
             "Inputs, previews, streaming, settings and embedding arithmetic all work for real; the words "
             "do not mean anything. For real answers start it with the released weights: "
+            "`python app.py --preset imagebind-llm-7b --llama /path/to/llama/7B_chinese` (see the README).")
+    elif pipeline.name == TOYWORLD_PRESET:
+        lines.append(
+            "> ℹ️ **The toy-world model.** This is the small default that ships with the app: it was trained "
+            "(on a CPU, in minutes) on a generated world of balls, cubes, pyramids, rings and cylinders in five "
+            "colours, one to five of them, standing still, sliding, bouncing, spinning or circling, with "
+            "**image-text pairs only**. It answers about their shape, colour, count and motion in images and "
+            "videos, and, through the shared embedding space, in sounds (each object kind has its sound), "
+            "depth, thermal, IMU and 3D inputs; try the toy-world examples. It knows nothing else. For the "
+            "released 7B model start the app with "
             "`python app.py --preset imagebind-llm-7b --llama /path/to/llama/7B_chinese` (see the README).")
     else:
         description = getattr(pipeline, "description", None)

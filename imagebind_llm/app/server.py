@@ -36,6 +36,14 @@ ENVIRONMENT = {
     "queue_size": "IMAGEBIND_LLM_QUEUE_SIZE",
     "concurrency": "IMAGEBIND_LLM_CONCURRENCY",
     "max_file_size": "IMAGEBIND_LLM_MAX_FILE_SIZE",
+    "unclip": "IMAGEBIND_LLM_UNCLIP",
+    "quantize": "IMAGEBIND_LLM_QUANTIZE",
+    "imagebind_dtype": "IMAGEBIND_LLM_IMAGEBIND_DTYPE",
+    "lazy_encoders": "IMAGEBIND_LLM_LAZY_ENCODERS",
+    "offload_encoders": "IMAGEBIND_LLM_OFFLOAD_ENCODERS",
+    "skip_base_check": "IMAGEBIND_LLM_SKIP_BASE_CHECK",
+    "batch_decoding": "IMAGEBIND_LLM_BATCH_DECODING",
+    "decoder": "IMAGEBIND_LLM_DECODER",
 }
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -60,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("app")
     group.add_argument("--visual-cache", type=_flag, nargs="?", const=True, default=False, metavar="BOOL",
                        help="load the preset's visual-cache index (the official knn.index is about 13 GB); "
-                            "the tiny-untrained preset always has its small random cache")
+                            "the toyworld and tiny-untrained presets always have their small caches")
     group.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     group.add_argument("--port", type=int, default=7860)
     group.add_argument("--share", type=_flag, nargs="?", const=True, default=False, metavar="BOOL",
@@ -68,8 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue (0: no bound)")
     group.add_argument("--concurrency", type=int, default=1,
                        help="model requests running at once, all tabs together (1 on a CPU or a small GPU)")
+    group.add_argument("--batch-decoding", action=argparse.BooleanOptionalAction, default=None,
+                       help="decode the running requests together, one step for all (continuous batching; "
+                            "default: on when --concurrency is above 1)")
     group.add_argument("--max-file-size", type=float, default=200.0, metavar="MB",
                        help="largest upload in megabytes (0: no limit)")
+    group.add_argument("--unclip", metavar="PATH_OR_REPO",
+                       help="add the image output (Stable unCLIP) to the Embedding arithmetic tab: a local "
+                            "diffusers folder or a Hugging Face repo id (the official one is "
+                            "stabilityai/stable-diffusion-2-1-unclip, a download of several GB); needs "
+                            'pip install "imagebind-llm[image]". Default: off')
     for action in parser._actions:
         if action.dest in ENVIRONMENT:
             action.help = f"{action.help or ''} [{ENVIRONMENT[action.dest]}]".strip()
@@ -84,11 +100,19 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     # String defaults go through each flag's type (argparse converts them), so "8" becomes 8.
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
-    for dest in ("visual_cache", "share"):  # a default from the environment is still a string
+    for dest in ("visual_cache", "share", "lazy_encoders", "offload_encoders",
+                 "skip_base_check", "batch_decoding"):  # environment defaults are strings
         if isinstance(getattr(args, dest), str):
             setattr(args, dest, _flag(getattr(args, dest)))
-    if args.dtype is not None and args.dtype not in ("float32", "float16", "bfloat16"):
-        parser.error(f"--dtype / {ENVIRONMENT['dtype']} must be float32, float16 or bfloat16, got {args.dtype!r}")
+    for dest in ("dtype", "imagebind_dtype"):
+        if getattr(args, dest) is not None and getattr(args, dest) not in ("float32", "float16", "bfloat16"):
+            parser.error(f"--{dest.replace('_', '-')} / {ENVIRONMENT[dest]} must be float32, float16 or bfloat16, "
+                         f"got {getattr(args, dest)!r}")
+    if args.quantize is not None and args.quantize not in ("int8", "int4"):
+        parser.error(f"--quantize / {ENVIRONMENT['quantize']} must be int8 or int4, got {args.quantize!r}")
+    if getattr(args, "decoder", None) not in (None, "eager", "static", "compiled", "auto"):
+        parser.error(f"--decoder / {ENVIRONMENT['decoder']} must be eager, static, compiled or auto, "
+                     f"got {args.decoder!r}")
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     if args.queue_size < 0 or args.max_file_size < 0:
@@ -101,7 +125,7 @@ def max_bytes_of(args: argparse.Namespace) -> int | None:
 
 
 def load_app_pipeline(args: argparse.Namespace):
-    """Load the model the flags name (default: the tiny-untrained preset), logging how long it took."""
+    """Load the model the flags name (default: the shipped toy-world model), logging how long it took."""
     from ..cli import load_pipeline
     from ..presets import DEFAULT_PRESET
     from .handlers import configure_pipeline
@@ -112,6 +136,7 @@ def load_app_pipeline(args: argparse.Namespace):
     started = time.perf_counter()
     pipeline = load_pipeline(args)
     configure_pipeline(pipeline, max_bytes_of(args))
+    pipeline.check_base_model()  # the preset's base-model check, before serving (--skip-base-check skips it)
     log.info("model %s ready in %.1f s", pipeline.name, time.perf_counter() - started)
     return pipeline
 
@@ -126,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         pipeline = load_app_pipeline(args)
+        from .image_handlers import load_app_generator
+
+        image_generator = load_app_generator(args, pipeline)
     except ImageBindLLMError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -133,9 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .ui import build_demo, launch_kwargs
 
     max_bytes = max_bytes_of(args)
-    demo = build_demo(pipeline, concurrency=args.concurrency, queue_size=args.queue_size or None, max_bytes=max_bytes)
-    log.info("page built in %.1f s; serving on http://%s:%d (queue %s, %d at once, uploads up to %s)",
+    demo = build_demo(pipeline, concurrency=args.concurrency, queue_size=args.queue_size or None, max_bytes=max_bytes,
+                      image_generator=image_generator, batch_decoding=args.batch_decoding)
+    log.info("page built in %.1f s; serving on http://%s:%d (queue %s, %d at once%s, uploads up to %s)",
              time.perf_counter() - started, args.host, args.port, args.queue_size or "unbounded", args.concurrency,
+             ", batched decoding" if getattr(pipeline, "batcher", None) is not None else "",
              f"{args.max_file_size:g} MB" if max_bytes else "any size")
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(max_bytes))

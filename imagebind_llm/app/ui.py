@@ -16,7 +16,8 @@ then the tabs Chat, Image, Audio, Video, 3D and Embedding arithmetic.
   and files stay where they were.
 
 Stable API names (gradio_client): ``chat``, ``retry``, ``undo``, ``clear``, ``ask_image``,
-``ask_audio``, ``ask_video``, ``ask_3d``, ``mix``. See the README's "App" section.
+``ask_audio``, ``ask_video``, ``ask_3d``, ``mix``, and ``generate_image`` when the app has an
+image generator (``--unclip``, :mod:`.image_ui`). See the README's "App" section.
 """
 
 from __future__ import annotations
@@ -400,7 +401,18 @@ def _examples_of(examples_dir: Path, rows: list[list[Any]]) -> list[list[Any]]:
     return out
 
 
+# Toy-world scenes first (the default model was trained on that world and answers about them),
+# then everyday media (which need the released weights for meaningful answers).
 CHAT_EXAMPLES = [
+    [{"text": "How many objects are there?", "files": ["@toyworld/two_red_balls.png"]}],
+    [{"text": "What colour are the objects?", "files": ["@toyworld/three_blue_cubes.png"]}],
+    [{"text": "How is the object moving?", "files": ["@toyworld/yellow_rings_circling.mp4"]}],
+    [{"text": "What are the objects?", "files": ["@toyworld/four_bells.wav"]}],
+    [{"text": "How many objects are there?", "files": ["@toyworld/three_cylinders_depth.png"]}],
+    [{"text": "What shape is the object?", "files": ["@toyworld/two_cubes_thermal.png"]}],
+    [{"text": "Describe the motion.", "files": ["@toyworld/spinning_imu.npy"]}],
+    [{"text": "What are the objects?", "files": ["@toyworld/two_pyramids.ply"]}],
+    [{"text": "Describe the scene.", "files": ["@toyworld/two_red_balls.png", "@toyworld/one_rattle.wav"]}],
     [{"text": "What is happening in this picture?", "files": ["@sunset.png"]}],
     [{"text": "What animal makes this sound?", "files": ["@birdsong.wav"]}],
     [{"text": "What is the ball doing?", "files": ["@bouncing_ball.mp4"]}],
@@ -411,12 +423,25 @@ CHAT_EXAMPLES = [
     [{"text": "What is this object?", "files": ["@sphere_points.npy"]}],
     [{"text": "Describe the scene and the sound together.", "files": ["@house.png", "@doorbell.wav"]}],
 ]
-IMAGE_EXAMPLES = [["@sunset.png", "What is happening in this picture?"], ["@house.png", "Describe the house."]]
-AUDIO_EXAMPLES = [["@birdsong.wav", "What animal makes this sound?"], ["@doorbell.wav", "What is this sound?"]]
-VIDEO_EXAMPLES = [["@bouncing_ball.mp4", "What is the ball doing?"]]
-SHAPE_EXAMPLES = [["@torus.glb", "What shape is this?"], ["@cube.obj", "What is this object?"],
+IMAGE_EXAMPLES = [["@toyworld/two_red_balls.png", "How are the objects moving?"],
+                  ["@toyworld/three_blue_cubes.png", "Describe the scene."],
+                  ["@sunset.png", "What is happening in this picture?"], ["@house.png", "Describe the house."]]
+AUDIO_EXAMPLES = [["@toyworld/four_bells.wav", "How many objects are there?"],
+                  ["@toyworld/one_rattle.wav", "What kind of object is this?"],
+                  ["@birdsong.wav", "What animal makes this sound?"], ["@doorbell.wav", "What is this sound?"]]
+VIDEO_EXAMPLES = [["@toyworld/yellow_rings_circling.mp4", "Describe the scene."],
+                  ["@bouncing_ball.mp4", "What is the ball doing?"]]
+SHAPE_EXAMPLES = [["@toyworld/two_pyramids.ply", "How many objects are there?"],
+                  ["@toyworld/one_ring_points.npy", "What shape is the object?"],
+                  ["@torus.glb", "What shape is this?"], ["@cube.obj", "What is this object?"],
                   ["@sphere_points.npy", "Describe this point cloud."]]
 MIX_EXAMPLES = [
+    [["@toyworld/two_red_balls.png", "@toyworld/one_rattle.wav"], "", "0.5, 0.5", "normalized",
+     "Describe the scene."],
+    [["@toyworld/three_blue_cubes.png"], "blue cubes\nred cubes", "1, -0.8, 0.8", "normalized",
+     "What colour are the objects?"],
+    [["@toyworld/three_cylinders_depth.png", "@toyworld/two_cubes_thermal.png", "@toyworld/sliding_imu.csv"], "",
+     "1, 1, 1", "official", "Describe the scene."],
     [["@sunset.png", "@birdsong.wav"], "", "1, 0.5", "normalized", "What is happening here?"],
     [["@house.png"], "a house in winter\na house in summer", "1, 0.6, -0.6", "normalized", "Describe the house."],
     [["@room_depth.png", "@person_thermal.png", "@walking_imu.npy"], "", "1, 1, 1", "official",
@@ -427,18 +452,32 @@ MIX_EXAMPLES = [
 
 def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, queue_size: int | None = DEFAULT_QUEUE_SIZE,
                max_bytes: int | None = None, examples_dir: Path | str | None = EXAMPLES_DIR,
-               stream_interval: float = 0.05) -> gr.Blocks:
+               stream_interval: float = 0.05, image_generator=None, batch_decoding: bool | None = None) -> gr.Blocks:
     """The app's Blocks over ``pipeline``, queued but not launched.
 
     ``concurrency``: model requests running at once (all tabs together); ``queue_size``: how
     many may wait (None: no bound); ``max_bytes``: per-file limit checked before anything is
     read (default: the pipeline's preprocessing limit); ``examples_dir``: where the example
     media are (None: no examples); ``stream_interval``: the least seconds between two updates
-    of a streamed answer.
+    of a streamed answer; ``image_generator``: an :class:`~imagebind_llm.image_output.ImageGenerator`
+    adds the image output to the Embedding arithmetic tab (None: text only); ``batch_decoding``:
+    decode the running requests together (:meth:`Pipeline.enable_batching`, up to ``concurrency``
+    at once); None: on when ``concurrency`` > 1 (except on ZeroGPU, where the model runs in
+    another process), False: off.
     """
     if max_bytes is None:
         max_bytes = pipeline.embedder.options.max_bytes
+    if batch_decoding is None:
+        batch_decoding = True if concurrency > 1 and GPU.__module__ == __name__ else None
+    batcher = getattr(pipeline, "batcher", None)
+    if batch_decoding and (batcher is None or batcher.closed or batcher.max_batch != concurrency):
+        pipeline.enable_batching(max_batch=concurrency)
+    elif batch_decoding is False and batcher is not None:
+        pipeline.disable_batching()
     ctx = AppContext(register_pipeline(pipeline), max_bytes, stream_interval)
+    from .image_ui import ImageOutputUI
+
+    image_output = ImageOutputUI(ctx, image_generator)
     examples_dir = Path(examples_dir) if examples_dir is not None else None
     limit = H.max_new_tokens_limit(pipeline)
     model_event = {"concurrency_id": MODEL_GROUP, "concurrency_limit": concurrency}
@@ -579,12 +618,14 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                         fusion = gr.Radio([("corrected: weights as given, the mix re-normalised", "normalized"),
                                            ("official: weights divided by their sum", "official")],
                                           value="normalized", label="Normalisation")
+                        image_output.controls()
                         mix_question = gr.Textbox("", label="Question", lines=2, placeholder=H.DEFAULT_QUESTIONS[None])
                         with gr.Row():
                             mix_button = gr.Button("Mix and ask", variant="primary")
                             stop_mix = gr.Button("⏹ Stop", variant="stop")
                     with gr.Column():
                         mix_answer = gr.Textbox(label="Answer", lines=8, buttons=["copy"])
+                        image_output.output()
                         similarities = gr.Dataframe(label="Cosine similarities of the inputs (and with the mix)",
                                                     interactive=False)
                         nearest = gr.Dataframe(label="Nearest visual-cache entries to the mix", interactive=False,
@@ -596,6 +637,10 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                                                   "the answer, the similarity table and the nearest cache entries.",
                                   preprocess=False, **model_event)
                 stop_mix.click(None, None, None, cancels=[mix_event], queue=False, api_visibility="private")
+                image_output.wire(files=mix_files, texts=mix_texts, weights=mix_weights, fusion=fusion,
+                                  question=mix_question, ask_button=mix_button, stop_ask=stop_mix, answer=mix_answer,
+                                  cache_settings=[use_cache, cache_size, cache_temperature, cache_weight],
+                                  model_event=model_event)
                 examples(MIX_EXAMPLES, [mix_files, mix_texts, mix_weights, fusion, mix_question])
 
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
