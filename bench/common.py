@@ -118,3 +118,27 @@ def cheap_random_init(model, seed: int = 0, skip=lambda name: False) -> None:
                     offset = (counter * 4099) % 4099
                     chunk.copy_(pool[offset:offset + chunk.numel()].to(chunk.dtype)).mul_(std)
                     counter += 1
+
+
+def random_7b_model(device, dtype):
+    """ImageBind-LLM at LLaMA-7B's shape with cheap random weights, built without a float32 copy."""
+    import torch
+
+    from imagebind_llm.config import AdapterConfig, ImageBindLLMConfig, llama_7b
+    from imagebind_llm.model import ImageBindLLM
+
+    config = ImageBindLLMConfig(llama_7b(), AdapterConfig())
+    with torch.device("meta"):
+        model = ImageBindLLM(config)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    cheap_random_init(model)
+    return model.eval().requires_grad_(False)
+
+
+def fmt_number(value: float | None, digits: int = 3) -> str:
+    """A figure for a table: '-' for none, whole numbers from 100 up, else ``digits`` significant."""
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"

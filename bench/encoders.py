@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, trim_heap  # noqa: E402
+from common import PeakMemory, fmt_number, trim_heap  # noqa: E402
 
 KINDS = ("image", "video", "audio", "text", "depth", "thermal", "imu", "point")
 PRESETS = ("tiny", "huge")
@@ -504,12 +504,7 @@ def bench_encoders(items: dict[str, Any], args, device) -> list[EncodeResult]:
 # ------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if value >= 100:
-        return f"{value:.0f}"
-    return f"{value:.{digits}g}"
+_fmt = fmt_number  # noqa: E731 - the tables' number format (bench/common.py)
 
 
 def table(header: list[str], rows: list[list[str]], right: set[int]) -> str:

@@ -29,26 +29,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PeakMemory, cheap_random_init  # noqa: E402
+from common import PeakMemory, random_7b_model  # noqa: E402
 
 
 def build(name: str, device, dtype):
-    import torch
-
-    from imagebind_llm.config import AdapterConfig, ImageBindLLMConfig, llama_7b
-    from imagebind_llm.model import ImageBindLLM
-
     if name == "small":
         from imagebind_llm.presets import load_preset_pipeline
 
         model = load_preset_pipeline(None, device=device, dtype=dtype).model
         return model.eval()
-    config = ImageBindLLMConfig(llama_7b(), AdapterConfig())
-    with torch.device("meta"):
-        model = ImageBindLLM(config)
-    model = model.to(dtype=dtype).to_empty(device=device)
-    cheap_random_init(model)
-    return model.eval().requires_grad_(False)
+    return random_7b_model(device, dtype)
 
 
 def sync(device) -> None:

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, trim_heap  # noqa: E402
+from common import PeakMemory, fmt_number, trim_heap  # noqa: E402
 
 AUDIO_FORMATS = ("wav", "mp3", "m4a")
 
@@ -284,12 +284,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if value >= 100:
-        return f"{value:.0f}"
-    return f"{value:.{digits}g}"
+_fmt = fmt_number  # noqa: E731 - the tables' number format (bench/common.py)
 
 
 def report(info: dict[str, Any], args, rows: list[Row]) -> str:

@@ -34,3 +34,26 @@ def golden() -> Path:
 @pytest.fixture(scope="session")
 def preprocess_manifest(golden) -> list[dict]:
     return json.loads((golden / "preprocess" / "manifest.json").read_text())["entries"]
+
+
+def golden_pipeline(golden: Path):
+    """The Pipeline of the golden files: tiny ImageBind, adapter, LLaMA, tokenizer and cache."""
+    from imagebind_llm.pipeline import Pipeline
+    from test_imagebind_golden import golden_config
+
+    adapter_config = json.loads((golden / "llama_adapter" / "adapter_config.json").read_text())
+    return Pipeline.from_paths(
+        imagebind=golden / "imagebind" / "weights.pth", imagebind_config=golden_config(golden),
+        llama=golden / "llama_adapter" / adapter_config["llama_type_dir"],
+        adapter=golden / "llama_adapter" / "adapter.pth",
+        tokenizer=golden / "llama_adapter" / adapter_config["tokenizer"], cache=golden / "cache" / "knn.index")
+
+
+def golden_media_files(golden: Path) -> dict[str, str]:
+    """One golden media file per kind."""
+    from imagebind_llm.preprocess import guess_kind
+
+    found = {}
+    for path in sorted((golden / "preprocess" / "files").iterdir()):
+        found.setdefault(guess_kind(path), str(path))
+    return found

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import golden_media_files, golden_pipeline
 from test_imagebind_golden import golden_config
 
 from imagebind_llm import image_output as IO
 from imagebind_llm.embedding import Embedder, Media
 from imagebind_llm.errors import InputError
 from imagebind_llm.image_output import ImageGenerator, unclip_embedding
-from imagebind_llm.pipeline import Pipeline
-from imagebind_llm.preprocess import KIND_TO_MODALITY, PreprocessOptions, guess_kind, load
+from imagebind_llm.preprocess import KIND_TO_MODALITY, PreprocessOptions, load
 from imagebind_llm.visual_cache import CacheConfig, VisualCache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,20 +27,12 @@ EXAMPLES = ROOT / "examples"
 
 @pytest.fixture(scope="module")
 def pipeline(golden):
-    adapter_config = json.loads((golden / "llama_adapter" / "adapter_config.json").read_text())
-    return Pipeline.from_paths(
-        imagebind=golden / "imagebind" / "weights.pth", imagebind_config=golden_config(golden),
-        llama=golden / "llama_adapter" / adapter_config["llama_type_dir"],
-        adapter=golden / "llama_adapter" / "adapter.pth",
-        tokenizer=golden / "llama_adapter" / adapter_config["tokenizer"], cache=golden / "cache" / "knn.index")
+    return golden_pipeline(golden)
 
 
 @pytest.fixture(scope="module")
 def files(golden):
-    found = {}
-    for path in sorted((golden / "preprocess" / "files").iterdir()):
-        found.setdefault(guess_kind(path), str(path))
-    return found
+    return golden_media_files(golden)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ streaming, cancellation, sampling, embedding arithmetic and every kind of bad in
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
@@ -13,31 +12,22 @@ from imagebind_llm.errors import InputError
 from imagebind_llm.fusion import fuse
 from imagebind_llm.generation import GenerationConfig, generate, sample_next
 from imagebind_llm.pipeline import Chat, Media, Pipeline, Settings
-from imagebind_llm.preprocess import guess_kind
 from imagebind_llm.tokenizer import Tokenizer
 from imagebind_llm.visual_cache import CacheConfig, VisualCache
 
-from test_imagebind_golden import golden_config
+from conftest import golden_media_files, golden_pipeline
 
 GREEDY = GenerationConfig(max_new_tokens=12, temperature=0.0)
 
 
 @pytest.fixture(scope="module")
 def pipeline(golden):
-    adapter_config = json.loads((golden / "llama_adapter" / "adapter_config.json").read_text())
-    return Pipeline.from_paths(
-        imagebind=golden / "imagebind" / "weights.pth", imagebind_config=golden_config(golden),
-        llama=golden / "llama_adapter" / adapter_config["llama_type_dir"],
-        adapter=golden / "llama_adapter" / "adapter.pth",
-        tokenizer=golden / "llama_adapter" / adapter_config["tokenizer"], cache=golden / "cache" / "knn.index")
+    return golden_pipeline(golden)
 
 
 @pytest.fixture(scope="module")
 def files(golden):
-    found = {}
-    for path in sorted((golden / "preprocess" / "files").iterdir()):
-        found.setdefault(guess_kind(path), str(path))
-    return found
+    return golden_media_files(golden)
 
 
 def test_single_turn_chat_equals_the_official_single_prompt(pipeline, files):
