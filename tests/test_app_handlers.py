@@ -99,6 +99,17 @@ def test_example_generator_is_deterministic(tmp_path):
         digest = [hashlib.sha256((folder / name).read_bytes()).hexdigest() for folder in (first, second)]
         assert digest[0] == digest[1], name
         assert (EXAMPLES / name).is_file(), f"examples/{name} is missing: run python examples/make_examples.py"
+    for name in module.TOYWORLD_EXAMPLES:
+        digest = [hashlib.sha256((folder / "toyworld" / name).read_bytes()).hexdigest() for folder in (first, second)]
+        assert digest[0] == digest[1], name
+        assert digest[0] == hashlib.sha256((EXAMPLES / "toyworld" / name).read_bytes()).hexdigest(), (
+            f"examples/toyworld/{name} differs from what the generator writes: run python examples/make_examples.py")
+
+
+def test_toy_world_examples_are_read_as_their_kind(pipeline):
+    module = load_examples_module()
+    media = [H.route_file(str(EXAMPLES / "toyworld" / name)) for name in module.TOYWORLD_EXAMPLES]
+    assert [m.kind for m in media] == [kind for kind, _ in module.TOYWORLD_EXAMPLES.values()]
 
 
 # ------------------------------------------------------------------------------ header, settings
