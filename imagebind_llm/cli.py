@@ -281,10 +281,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_presets:
-        from .presets import DEFAULT_PRESET, LOCAL_PRESETS, get_preset, list_presets
+        from .presets import DEFAULT_PRESET, LOCAL_PRESETS, TOYWORLD_PRESET, get_preset, list_presets, \
+            toyworld_available
 
         for name in list(LOCAL_PRESETS) + list_presets():
             description = LOCAL_PRESETS[name] if name in LOCAL_PRESETS else get_preset(name).description
+            if name == TOYWORLD_PRESET and not toyworld_available():
+                description = "[not installed: python -m train.toyworld --install] " + description
             marker = " (default)" if name == DEFAULT_PRESET else ""
             print(f"{name + marker:24s} {description}")
         return 0

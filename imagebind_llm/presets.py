@@ -304,9 +304,9 @@ DEFAULT_PRESET = default_preset()
 
 #: The presets that need no download, with what they are (the released ones carry their own).
 LOCAL_PRESETS = {
-    TOYWORLD_PRESET: ("a small model trained on the generated toy world and shipped in the package: it "
-                      "answers about shapes, colours, counts and motions seen in images, video, sound, "
-                      "depth, thermal, IMU and 3D (python -m train.toyworld)"),
+    TOYWORLD_PRESET: ("a small model trained on the generated toy world, kept in the package: it answers "
+                      "about shapes, colours, counts and motions seen in images, video, sound, depth, "
+                      "thermal, IMU and 3D"),
     UNTRAINED_PRESET: "random small weights, no download (every feature works; the answers are noise)",
 }
 
