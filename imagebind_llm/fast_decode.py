@@ -71,7 +71,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generation import CancelCheck, GenerationConfig, _is_cancelled, generate_tokens, prompt_lengths, sample_next
+from .generation import (CancelCheck, GenerationConfig, _is_cancelled, generate_tokens, prompt_lengths, sample_next,
+                         step_outputs)
 from .llama import KVCache, LoRA, RMSNorm, apply_rotary
 
 log = logging.getLogger(__name__)
@@ -463,20 +464,7 @@ class StaticDecoder:
                     values = next_tokens.tolist()
                     if step + 1 < plan.steps:
                         self._advance(state, next_tokens)
-            out: list[int | None] = []
-            for row, token in enumerate(values):
-                if done[row]:
-                    out.append(None)
-                    continue
-                produced[row] += 1
-                if eos_id is not None and token == eos_id:
-                    done[row] = True
-                    out.append(None)
-                    continue
-                out.append(token)
-                if produced[row] >= plan.limits[row]:
-                    done[row] = True
-            yield out
+            yield step_outputs(values, done, produced, plan.limits, eos_id)
             if all(done):
                 return
 

@@ -89,6 +89,26 @@ def prompt_lengths(model, prompts: Sequence[Sequence[int]]) -> list[int]:
     return lengths
 
 
+def step_outputs(tokens: list[int], done: list[bool], produced: list[int], limits: list[int],
+                 eos_id: int | None) -> list[int | None]:
+    """One decoding step's tokens as the streams see them (None for a row that has finished or
+    just produced EOS), updating each row's ``done`` flag and ``produced`` count in place."""
+    out: list[int | None] = []
+    for row, token in enumerate(tokens):
+        if done[row]:
+            out.append(None)
+            continue
+        produced[row] += 1
+        if eos_id is not None and token == eos_id:
+            done[row] = True
+            out.append(None)
+            continue
+        out.append(token)
+        if produced[row] >= limits[row]:
+            done[row] = True
+    return out
+
+
 def generate_tokens(
     model,
     prompts: Sequence[Sequence[int]],
@@ -141,20 +161,7 @@ def generate_tokens(
                                  last_only=True)
             next_tokens = sample_next(logits, config, generator)
         start += step_tokens.shape[1]
-        out: list[int | None] = []
-        for row, token in enumerate(next_tokens.tolist()):
-            if done[row]:
-                out.append(None)
-                continue
-            produced[row] += 1
-            if eos_id is not None and token == eos_id:
-                done[row] = True
-                out.append(None)
-                continue
-            out.append(token)
-            if produced[row] >= limits[row]:
-                done[row] = True
-        yield out
+        yield step_outputs(next_tokens.tolist(), done, produced, limits, eos_id)
         if all(done):
             return
         step_tokens = next_tokens[:, None]
