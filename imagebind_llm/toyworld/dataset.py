@@ -29,6 +29,30 @@ INDEX = "scenes.jsonl"
 _SPAWN = multiprocessing.get_context("spawn")
 
 
+def _run_jobs(function, jobs: list, workers: int | None, description: str, progress: bool):
+    """``function`` over ``jobs`` in order, in spawned worker processes (up to 4) when there
+    are several cores, with a progress bar."""
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=description, leave=False)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=_SPAWN) as pool:
+            for result in pool.map(function, jobs, chunksize=8):
+                yield result
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for job in jobs:
+            yield function(job)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
 def _write_one(args) -> dict:
     folder, index, scene, modalities = args
     files = {}
@@ -52,26 +76,7 @@ def write_scenes(folder: str | Path, scenes: Sequence[Scene], modalities: Iterab
     if unknown:
         raise ValueError(f"unknown modalities {sorted(unknown)}")
     jobs = [(folder, i, scene, modalities) for i, scene in enumerate(scenes)]
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc=f"render {folder.name}", leave=False)
-    records = []
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=_SPAWN) as pool:
-            for record in pool.map(_write_one, jobs, chunksize=8):
-                records.append(record)
-                if bar is not None:
-                    bar.update(1)
-    else:
-        for job in jobs:
-            records.append(_write_one(job))
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+    records = list(_run_jobs(_write_one, jobs, workers, f"render {folder.name}", progress))
     with open(folder / INDEX, "w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
@@ -103,25 +108,6 @@ def load_tensors(folder: str | Path, records: Sequence[dict], modality: str, *, 
     folder = Path(folder)
     options = options or PreprocessOptions()
     jobs = [(modality, str(folder / r["files"][modality]), options) for r in records]
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc=f"load {modality}", leave=False)
-    out = []
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=_SPAWN) as pool:
-            for tensor in pool.map(_load_one, jobs, chunksize=8):
-                out.append(tensor if modality == "point" else tensor.to(dtype))
-                if bar is not None:
-                    bar.update(1)
-    else:
-        for job in jobs:
-            tensor = _load_one(job)
-            out.append(tensor if modality == "point" else tensor.to(dtype))
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+    out = [tensor if modality == "point" else tensor.to(dtype)
+           for tensor in _run_jobs(_load_one, jobs, workers, f"load {modality}", progress)]
     return torch.stack(out)
