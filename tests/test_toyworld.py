@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from imagebind_llm.toyworld import render
-from imagebind_llm.toyworld.world import (ATTRIBUTES, CARRIED, Scene, answer, answer_matches, caption,
+from imagebind_llm.toyworld.world import (ATTRIBUTES, CARRIED, Scene, answer, answer_matches, caption, corpus,
                                           questions_for, sample_scenes)
 
 
@@ -64,6 +64,19 @@ def test_text_and_answer_matching():
     qas = questions_for(scene, np.random.default_rng(0))
     assert {qa.attribute for qa in qas} == set(ATTRIBUTES) | {None}
     assert set(CARRIED["imu"]) == {"motion"} and "colour" not in CARRIED["audio"]
+
+
+def test_corpus_lets_the_language_model_read_attributes_from_context():
+    # The language model must learn to say an attribute it has seen in its context (the keyword
+    # list, the "### Input:" description): the injected feature later plays that context.
+    scene = Scene("ring", "purple", 3, "bouncing", seed=0)
+    lines = corpus([scene])
+    description = caption(scene)
+    keyword_lines = [line for line in lines if line.endswith(": " + description)]
+    assert len(keyword_lines) == 1
+    assert set(keyword_lines[0].split(": ")[0].split(", ")) == {"rings", "purple", "three", "bouncing"}
+    grounded = [line for line in lines if "### Input:\n" + description in line]
+    assert sorted(line.rsplit(":", 1)[1] for line in grounded) == ["bouncing", "purple", "rings", "three"]
 
 
 def test_training_command_smoke(tmp_path):

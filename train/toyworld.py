@@ -50,7 +50,7 @@ class ToyWorldConfig:
     align_steps: int = 500  # vision + text (+ video)
     bind_steps: int = 300  # every other modality to the frozen images
     align_batch: int = 96
-    lm_steps: int = 1200
+    lm_steps: int = 3000
     lm_batch: int = 32
     lm_dim: int = 128
     lm_layers: int = 4
@@ -58,10 +58,10 @@ class ToyWorldConfig:
     lm_lr: float = 3e-3
     lm_weight_decay: float = 0.01
     vocab_size: int = 1000
-    pretrain_steps: int = 300
+    pretrain_steps: int = 1500
     finetune_steps: int = 300
     stage_batch: int = 32
-    pretrain_lr: float = 2e-3
+    pretrain_lr: float = 5e-3
     finetune_lr: float = 2e-3
     eval_scenes: int = 60  # per modality, for the final report (the eval script takes any n)
     threads: int | None = None
@@ -352,11 +352,10 @@ def _stage_data(run: Run) -> tuple[Path, Path]:
             f.write(f"{folder / r['files']['image']}\t{caption(scene_of(r))}\n")
     rng = np.random.default_rng(run.config.seed)
     llava = []
-    for r in records:
-        turns = []
+    for r in records:  # one question per example: every answer is learnt with its EOS
         for qa in questions_for(scene_of(r), rng):
-            turns += [{"from": "human", "value": qa.question}, {"from": "gpt", "value": qa.answer}]
-        llava.append({"image": str(folder / r["files"]["image"]), "conversations": turns})
+            llava.append({"image": str(folder / r["files"]["image"]), "conversations": [
+                {"from": "human", "value": qa.question}, {"from": "gpt", "value": qa.answer}]})
     instructions = run.path("stages", "questions.json")
     instructions.write_text(json.dumps(llava))
     return captions, instructions
@@ -381,7 +380,7 @@ def _stage(run: Run, stage: str) -> dict:
                 "optim.warmup_steps=20", f"optim.lr={c.pretrain_lr}", "data.split_epoch=1", "data.augment=false"]
     else:
         args = ["--stage", "finetune", f"data.train=[{instructions}]", f"optim.max_steps={c.finetune_steps}",
-                "optim.warmup_steps=20", f"optim.lr={c.finetune_lr}", "data.multi_turn=true", "data.max_words=160",
+                "optim.warmup_steps=20", f"optim.lr={c.finetune_lr}", "data.max_words=160",
                 f"model.adapter={run.path('stages', 'pretrain', 'export', 'adapter-official.pth')}", "data.augment=false"]
     out = run.path("stages", stage)
     train.main(args + common + ["--precompute", "--out", str(out)])  # resumable: computes only what is missing

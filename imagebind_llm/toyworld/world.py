@@ -177,14 +177,28 @@ class TextCorpus:
 
 
 def corpus(scenes: list[Scene], seed: int = 0) -> list[str]:
-    """Captions, questions and answers of ``scenes`` in many phrasings (tokenizer/LM text)."""
+    """Captions, questions and answers of ``scenes`` in many phrasings (tokenizer/LM text).
+
+    Besides the bare question/answer pairs (whose answer the text alone cannot predict), each
+    scene also appears as a description followed by questions about it ("### Input:"), whose
+    answers can be read from the description. Without such lines the language model has no
+    reason to tell "red" from "blue" at its output, and then no injected feature can make it
+    say either: the words of one attribute would share one output direction."""
     from ..prompts import format_prompt
 
     rng = np.random.default_rng(seed)
     lines = []
     for scene in scenes:
-        lines.append(caption(scene))
+        description = caption(scene)
+        sound = f"It sounds like {SOUNDS[scene.shape]}."
+        lines.append(description)
+        lines.append(f"{description} {sound}")
+        words = [answer(scene, a) for a in ("shape", "colour", "count", "motion")]
+        rng.shuffle(words)
+        lines.append(f"{', '.join(words)}: {description}")
         for qa in questions_for(scene, rng):
             lines.append(format_prompt(qa.question) + qa.answer)
-        lines.append(f"It sounds like {SOUNDS[scene.shape]}.")
+            if qa.attribute is not None:
+                lines.append(format_prompt(qa.question, input=description) + qa.answer)
+        lines.append(sound)
     return lines
