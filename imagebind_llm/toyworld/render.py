@@ -22,6 +22,10 @@ VIDEO_SECONDS = 3.0
 IMU_RATE = 200
 IMU_STEPS = 2000
 MOTION_PERIOD = 1.6  # seconds, for the periodic motions
+# A still image shows motion as a long exposure: faded copies over the last TRAIL_SECONDS, long
+# enough (three quarters of a period) that a slide, a bounce and a circle leave different streaks.
+TRAIL_SECONDS = 1.2
+TRAIL_COPIES = 6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,7 +69,9 @@ def displacement(scene: Scene, t: float, radius: float) -> tuple[float, float, f
 
 def trail_times(scene: Scene) -> list[float]:
     """Past instants drawn as faded copies in a still image (a long exposure)."""
-    return [] if scene.motion == "still" else [-0.3, -0.2, -0.1]
+    if scene.motion == "still":
+        return []
+    return [-TRAIL_SECONDS * (TRAIL_COPIES - k) / TRAIL_COPIES for k in range(TRAIL_COPIES)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +148,7 @@ def render_frame(scene: Scene, t: float, *, trails: bool, purpose: str = "image"
             for cx, cy in centres:
                 _draw_object(draw, scene.shape, cx + dx, cy + dy, radius, rot, fill, shade, mark)
                 _draw_object(draw_mask, scene.shape, cx + dx, cy + dy, radius, rot, 255, 255, 0)
-            alpha = int(60 + 40 * k)
+            alpha = int(40 + 20 * k)  # older copies fainter
             image.paste(ghost, (0, 0), mask.point(lambda v, a=alpha: a if v else 0))
     draw = ImageDraw.Draw(image)
     dx, dy, rot = displacement(scene, t, radius)
