@@ -180,8 +180,8 @@ def corpus(scenes: list[Scene], seed: int = 0) -> list[str]:
     """Captions, questions and answers of ``scenes`` in many phrasings (tokenizer/LM text).
 
     Besides the bare question/answer pairs (whose answer the text alone cannot predict), each
-    scene also appears as a description followed by questions about it ("### Input:"), whose
-    answers can be read from the description. Without such lines the language model has no
+    scene also appears as a description after a shuffled keyword list, and as questions answered
+    from the description given as "### Input:". Without such lines the language model has no
     reason to tell "red" from "blue" at its output, and then no injected feature can make it
     say either: the words of one attribute would share one output direction."""
     from ..prompts import format_prompt
@@ -193,7 +193,7 @@ def corpus(scenes: list[Scene], seed: int = 0) -> list[str]:
         sound = f"It sounds like {SOUNDS[scene.shape]}."
         lines.append(description)
         lines.append(f"{description} {sound}")
-        words = [answer(scene, a) for a in ("shape", "colour", "count", "motion")]
+        words = [answer(scene, a) for a in ATTRIBUTES]
         rng.shuffle(words)
         lines.append(f"{', '.join(words)}: {description}")
         for qa in questions_for(scene, rng):
