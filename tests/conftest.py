@@ -3,13 +3,29 @@ tests read every size from it so that they pass on any set of the same layout.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(path: Path, name: str):
+    """A script that is not part of a package (bench/*.py, examples/make_examples.py) as a
+    module. It is registered under ``name`` only while it runs its top level, which dataclasses
+    need, so that scripts of the same file name never see each other."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(name, None)
+    return module
 
 
 def golden_root() -> Path:

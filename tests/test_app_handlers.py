@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+from conftest import load_script
 from test_imagebind_golden import golden_config
 
 from imagebind_llm.app import handlers as H
@@ -44,10 +45,7 @@ def golden_pipeline(golden: Path, max_bytes: int | None = None) -> Pipeline:
 
 
 def load_examples_module():
-    spec = importlib.util.spec_from_file_location("make_examples", EXAMPLES / "make_examples.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / "make_examples.py", "make_examples")
 
 
 @pytest.fixture(scope="module")

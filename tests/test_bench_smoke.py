@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, load_script
 
 
 def load_bench():
-    path = ROOT / "bench" / "encoders.py"
-    spec = importlib.util.spec_from_file_location("bench_encoders", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module
+    return load_script(ROOT / "bench" / "encoders.py", "bench_encoders")
 
 
 def test_quick_run_prints_rows(capsys, tmp_path):

@@ -425,22 +425,15 @@ def test_loading_a_flat_index_maps_it(tmp_path):
 
 
 def test_bench_runs_on_a_tiny_set(tmp_path, capsys):
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from conftest import ROOT, load_script
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "cache.py"
-    spec = importlib.util.spec_from_file_location("bench_cache", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
+    bench = load_script(ROOT / "bench" / "cache.py", "bench_cache")
     threads = torch.get_num_threads()
     try:
-        spec.loader.exec_module(bench)
         results = bench.main(["--n", "3000", "--dim", "32", "--kinds", "flat,ivf-pqfs,hnsw-sq8",
                               "--queries", "20", "--threads", "1", "--workdir", str(tmp_path),
                               "--json", str(tmp_path / "r.json")])
     finally:
-        sys.modules.pop(spec.name, None)
         torch.set_num_threads(threads)  # the bench sets the threads (FAISS's: see one_faiss_thread)
     printed = capsys.readouterr().out
     assert [r["kind"] for r in results["rows"]] == ["flat", "ivf-pqfs", "hnsw-sq8"]
