@@ -1,9 +1,11 @@
-"""Helpers shared by the benchmark scripts: peak-memory measurement and cheap random weights."""
+"""Helpers shared by the benchmark scripts: peak-memory measurement, cheap random weights and
+the JSON results file."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import resource
 import sys
@@ -142,3 +144,13 @@ def fmt_number(value: float | None, digits: int = 3) -> str:
     if value >= 100:
         return f"{value:.0f}"
     return f"{value:.{digits}g}"
+
+
+def write_json(path, results: dict) -> None:
+    """The ``--json`` results file (its folder made when missing)."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")

@@ -41,7 +41,6 @@ this file is cheap: torch and the project are imported inside ``main``.
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import platform
@@ -55,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, fmt_number, trim_heap  # noqa: E402
+from common import PeakMemory, fmt_number, trim_heap, write_json  # noqa: E402
 
 KINDS = ("image", "video", "audio", "text", "depth", "thermal", "imu", "point")
 PRESETS = ("tiny", "huge")
@@ -647,9 +646,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "process_peak_rss_mib": PeakMemory.maxrss() / 2**20,
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+        write_json(args.json, results)
     return results
 
 

@@ -52,7 +52,6 @@ load average is printed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -65,6 +64,9 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SCALING = 4.0
@@ -563,9 +565,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scaling": scalings(phases, args.clients),
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+        write_json(args.json, results)
     return results
 
 

@@ -42,7 +42,6 @@ down (the load average is printed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -54,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, fmt_number, trim_heap  # noqa: E402
+from common import PeakMemory, fmt_number, trim_heap, write_json  # noqa: E402
 
 AUDIO_FORMATS = ("wav", "mp3", "m4a")
 
@@ -359,9 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {"machine": info, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "rows": [asdict(r) for r in rows]}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+        write_json(args.json, results)
     different = [r.media for r in rows if not r.identical]
     if different:
         raise SystemExit(f"error: the project and the baseline differ for: {', '.join(different)}")
