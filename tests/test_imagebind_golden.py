@@ -77,6 +77,23 @@ def test_batch_of_one_equals_row_of_batch(model, inputs):
             assert golden_err(first[0], both[0]) <= 1e-5, name
 
 
+def test_an_image_equals_its_frame_repeated_as_a_clip(model, inputs):
+    """Images skip the repeat: the time-summed kernel must give the clip's tokens and gradients."""
+    image = inputs["vision"][:2]
+    assert image.ndim == 4
+    clip = image.unsqueeze(2).expand(-1, -1, model.vision.config.frames, -1, -1).contiguous()
+    outputs, grads = [], []
+    for x in (image, clip):
+        model.vision.patch_embed.grad = None
+        out = model.vision(x)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append(model.vision.patch_embed.grad.clone())
+    model.zero_grad(set_to_none=True)
+    assert golden_err(outputs[0], outputs[1]) <= 1e-5
+    assert golden_err(grads[0], grads[1]) <= 1e-5
+
+
 def test_original_imagebind_checkpoint_without_point_keys(golden, official_state, inputs):
     """imagebind_huge.pth has no point keys: it loads without the point branch and gives the
     original ImageBind outputs."""

@@ -88,6 +88,11 @@ class VisionEncoder(TokenEncoder):
 
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
+        if x.ndim == 4 and c.patch_size[0] == c.frames and tuple(x.shape[1:]) == (
+                c.channels, c.image_size, c.image_size):
+            # An image is one frame repeated in time and the kernel spans every frame: the
+            # kernel summed over time gives the same tokens at 1/frames of the cost.
+            return patchify(x, c.patch_size[1:]) @ self.patch_embed.sum(dim=2).flatten(1).t()
         if x.ndim == 4:  # an image: repeat it along time
             x = x.unsqueeze(2).expand(-1, -1, c.frames, -1, -1)
         expected = (c.channels, c.frames, c.image_size, c.image_size)
