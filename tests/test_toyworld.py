@@ -9,9 +9,10 @@ import math
 import numpy as np
 import pytest
 
+from imagebind_llm.prompts import CAPTION_INSTRUCTION, format_prompt
 from imagebind_llm.toyworld import render
-from imagebind_llm.toyworld.world import (ATTRIBUTES, CARRIED, Scene, answer, answer_matches, caption, corpus,
-                                          questions_for, sample_scenes)
+from imagebind_llm.toyworld.world import (ATTRIBUTES, CARRIED, Scene, answer, answer_matches, answer_sentence, caption,
+                                          corpus, questions_for, sample_scenes)
 
 
 def test_scenes_are_deterministic_and_cover_every_value():
@@ -58,6 +59,12 @@ def test_text_and_answer_matching():
     assert caption(scene) == "Two blue cubes are sliding from side to side."
     assert caption(scene, ("shape", "count")) == "Two cubes."
     assert answer(scene, "count") == "two" and answer(scene, "shape") == "cubes"
+    assert [answer_sentence(scene, a) for a in ATTRIBUTES] == [
+        "They are cubes.", "They are blue.", "There are two.", "They are sliding."]
+    assert all(answer_matches(answer_sentence(scene, a), scene, a) for a in ATTRIBUTES)
+    one = Scene("ball", "red", 1, "still", seed=0)
+    assert [answer_sentence(one, a) for a in ATTRIBUTES] == ["It is a ball.", "It is red.", "There is one.",
+                                                             "It is still."]
     assert answer_matches("Two.", scene, "count") and answer_matches("2", scene, "count")
     assert not answer_matches("two or three", scene, "count")  # naming another value is wrong
     assert answer_matches("cubes", scene, "shape") and not answer_matches("balls", scene, "shape")
@@ -76,7 +83,10 @@ def test_corpus_lets_the_language_model_read_attributes_from_context():
     assert len(keyword_lines) == 1
     assert set(keyword_lines[0].split(": ")[0].split(", ")) == {"rings", "purple", "three", "bouncing"}
     grounded = [line for line in lines if "### Input:\n" + description in line]
-    assert sorted(line.rsplit(":", 1)[1] for line in grounded) == ["bouncing", "purple", "rings", "three"]
+    assert sorted(line.rsplit(":", 1)[1] for line in grounded) == [
+        "There are three.", "They are bouncing.", "They are purple.", "They are rings."]
+    # and the caption instruction of stage 1, answered with the description
+    assert format_prompt(CAPTION_INSTRUCTION) + description in lines
 
 
 def test_training_command_smoke(tmp_path):
