@@ -11,8 +11,8 @@ import pytest
 
 from imagebind_llm.prompts import CAPTION_INSTRUCTION, format_prompt
 from imagebind_llm.toyworld import render
-from imagebind_llm.toyworld.world import (ATTRIBUTES, CARRIED, Scene, answer, answer_matches, answer_sentence, caption,
-                                          corpus, questions_for, sample_scenes)
+from imagebind_llm.toyworld.world import (ATTRIBUTES, CARRIED, QUESTIONS, Scene, answer, answer_matches, answer_sentence,
+                                          caption, corpus, phrasing_rng, questions_for, sample_scenes)
 
 
 def test_scenes_are_deterministic_and_cover_every_value():
@@ -71,6 +71,18 @@ def test_text_and_answer_matching():
     qas = questions_for(scene, np.random.default_rng(0))
     assert {qa.attribute for qa in qas} == set(ATTRIBUTES) | {None}
     assert set(CARRIED["imu"]) == {"motion"} and "colour" not in CARRIED["audio"]
+
+
+def test_question_wording_does_not_give_the_answer_away():
+    # Scenes and phrasings drawn from one seed must be independent: every wording of a question
+    # is asked about every value (reusing the scenes' random stream once tied them together).
+    scenes = sample_scenes(0, 3000)
+    rng = phrasing_rng(0)
+    pairs = {(qa.question, qa.answer) for scene in scenes for qa in questions_for(scene, rng) if qa.attribute}
+    for attribute, wordings in QUESTIONS.items():
+        for question in wordings:
+            answers = {a for q, a in pairs if q == question}
+            assert len(answers) >= len(ATTRIBUTES[attribute]), (question, answers)
 
 
 def test_corpus_lets_the_language_model_read_attributes_from_context():

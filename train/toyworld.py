@@ -340,7 +340,7 @@ def step_llama(run: Run) -> dict:
 
 def _stage_data(run: Run) -> tuple[Path, Path]:
     from imagebind_llm.toyworld.dataset import read_index, scene_of
-    from imagebind_llm.toyworld.world import caption, questions_for
+    from imagebind_llm.toyworld.world import caption, phrasing_rng, questions_for
 
     folder = run.path("world", "images").resolve()  # the data files hold absolute paths
     records = read_index(folder)
@@ -350,7 +350,7 @@ def _stage_data(run: Run) -> tuple[Path, Path]:
         f.write("url\tcaption\n")
         for r in records:
             f.write(f"{folder / r['files']['image']}\t{caption(scene_of(r))}\n")
-    rng = np.random.default_rng(run.config.seed)
+    rng = phrasing_rng(run.config.seed)
     llava = []
     for r in records:  # one question per example: every answer is learnt with its EOS
         for qa in questions_for(scene_of(r), rng):

@@ -173,6 +173,16 @@ class QA:
     attribute: str | None = None  # None for a description
 
 
+def phrasing_rng(seed: int) -> np.random.Generator:
+    """The generator that draws question phrasings (and keyword orders) for data made with ``seed``.
+
+    Not ``default_rng(seed)``: :func:`sample_scenes` draws the scenes from that very stream, and
+    drawing the phrasings from it again ties them to the attributes (with seed 0, "How many
+    objects are there?" was only ever answered "one" or "two", so a model learnt the wording
+    instead of looking at the picture)."""
+    return np.random.default_rng([seed, 0xF0])
+
+
 def questions_for(scene: Scene, rng: np.random.Generator, attributes=("shape", "colour", "count", "motion"),
                   describe: bool = True) -> list[QA]:
     """One question per attribute (phrasing drawn from ``rng``) and optionally a description."""
@@ -199,7 +209,7 @@ def corpus(scenes: list[Scene], seed: int = 0) -> list[str]:
     say either: the words of one attribute would share one output direction."""
     from ..prompts import CAPTION_INSTRUCTION, format_prompt
 
-    rng = np.random.default_rng(seed)
+    rng = phrasing_rng(seed)
     lines = []
     for scene in scenes:
         description = caption(scene)
