@@ -326,7 +326,7 @@ def step_llama(run: Run) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     state = {k: v.half() for k, v in model.state_dict().items() if "gate" not in k}
     write_meta_llama(state, config, run.path("llama", "toy"))
     return {"loss_first": losses[0], "loss_last": float(np.mean(losses[-20:])), "params": sum(
