@@ -11,8 +11,9 @@ import pytest
 
 from imagebind_llm.prompts import CAPTION_INSTRUCTION, format_prompt
 from imagebind_llm.toyworld import render
-from imagebind_llm.toyworld.world import (ATTRIBUTES, CARRIED, QUESTIONS, Scene, answer, answer_matches, answer_sentence,
-                                          caption, corpus, phrasing_rng, questions_for, sample_scenes)
+from imagebind_llm.toyworld.world import (ATTRIBUTES, CARRIED, QUESTIONS, Scene, answer, answer_matches,
+                                          answer_sentence, caption, corpus, phrasing_rng, questions_for,
+                                          sample_scenes)
 
 
 def test_scenes_are_deterministic_and_cover_every_value():

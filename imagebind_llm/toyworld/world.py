@@ -217,7 +217,7 @@ def corpus(scenes: list[Scene], seed: int = 0) -> list[str]:
         lines.append(description)
         # Stage 1 asks for captions with this instruction: without such lines the model's loss
         # after it depended on the training run (0.8 or 2.2 nats a token), and at 2.2 stage 1
-        # spent its first steps learning the format and never learnt to read the feature.
+        # began with gradient spikes while it learnt the format.
         lines.append(format_prompt(CAPTION_INSTRUCTION) + description)
         lines.append(f"{description} {sound}")
         words = [answer(scene, a) for a in ATTRIBUTES]
