@@ -379,8 +379,8 @@ def _stage(run: Run, stage: str) -> dict:
         # a longer warm-up and clipping against early gradient spikes (norms up to 56 were seen
         # when the language model did not yet know the caption prompt)
         args = ["--stage", "pretrain", f"data.train=[{captions}]", f"optim.max_steps={c.pretrain_steps}",
-                "optim.warmup_steps=100", "optim.clip_grad=1.0", f"optim.lr={c.pretrain_lr}", "data.split_epoch=1",
-                "data.augment=false"]
+                "optim.warmup_steps=100", "optim.clip_grad=1.0", f"optim.lr={c.pretrain_lr}",
+                "data.split_epoch=1", "data.augment=false"]
     else:
         args = ["--stage", "finetune", f"data.train=[{instructions}]", f"optim.max_steps={c.finetune_steps}",
                 "optim.warmup_steps=20", f"optim.lr={c.finetune_lr}", "data.max_words=160",

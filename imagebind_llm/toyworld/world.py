@@ -186,7 +186,8 @@ def phrasing_rng(seed: int) -> np.random.Generator:
 def questions_for(scene: Scene, rng: np.random.Generator, attributes=("shape", "colour", "count", "motion"),
                   describe: bool = True) -> list[QA]:
     """One question per attribute (phrasing drawn from ``rng``) and optionally a description."""
-    out = [QA(QUESTIONS[a][rng.integers(len(QUESTIONS[a]))], answer_sentence(scene, a), a) for a in attributes]
+    out = [QA(QUESTIONS[a][rng.integers(len(QUESTIONS[a]))], answer_sentence(scene, a), a)
+           for a in attributes]
     if describe:
         out.append(QA(DESCRIBE[rng.integers(len(DESCRIBE))], caption(scene, attributes)))
     return out
