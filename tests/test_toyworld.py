@@ -102,6 +102,28 @@ def test_corpus_lets_the_language_model_read_attributes_from_context():
     assert format_prompt(CAPTION_INSTRUCTION) + description in lines
 
 
+def test_summary_channel_injects_the_mean_embedding_of_each_line_through_wv():
+    import torch
+
+    from imagebind_llm.config import AdapterConfig, LlamaConfig
+    from imagebind_llm.llama import Llama
+    from train.toyworld import summary_injections
+
+    torch.manual_seed(0)
+    config = LlamaConfig(dim=32, n_layers=2, n_heads=4, vocab_size=50, multiple_of=16)
+    model = Llama(config, AdapterConfig(bias_lora=False, query_layer=2, imagebind_dim=8))
+    tokens = torch.tensor([[1, 5, 7, 0], [1, 9, 0, 0]])
+    real = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    injections = summary_injections(model, tokens, real, scale=3.0, fraction=1.0)
+    assert len(injections) == config.n_layers and injections[0].shape == (2, 4, 1, 8)
+    mean = model.tok_embeddings(torch.tensor([1, 5, 7])).mean(0) * 3.0  # padding is not part of the line
+    expected = model.layers[1].attention.wv(mean).view(4, 8)
+    assert torch.allclose(injections[1][0, :, 0], expected, atol=1e-6)
+    none = summary_injections(model, tokens, real, scale=3.0, fraction=0.0)
+    assert all(float(v.abs().max()) == 0.0 for v in none)  # lines without a summary: a plain LM
+    assert torch.allclose(model(tokens, injections=none), model(tokens), atol=1e-6)
+
+
 def test_training_command_smoke(tmp_path):
     """Every step of python -m train.toyworld at tiny length, then the result loads and answers."""
     from imagebind_llm.embedding import Media

@@ -9,7 +9,8 @@ project's preprocessing, and every model is trained with the project's own code:
    ``bind``       every other modality aligned to the frozen image embeddings; no modality but
                   images ever meets text
 3. ``tokenizer``  SentencePiece on the world's text (LLaMA's special ids, byte fallback)
-4. ``llama``      a small LLaMA language model on the world's text
+4. ``llama``      a small LLaMA language model on the world's text (half of the lines also get a
+                  summary of themselves through the injection path: :func:`summary_injections`)
 5. ``pretrain``   ImageBind-LLM stage 1 with ``python -m train`` on image captions only
 6. ``finetune``   stage 2 with ``python -m train`` on image question-answers only
 7. ``cache``      the visual cache: image embeddings of fresh scenes
@@ -50,16 +51,18 @@ class ToyWorldConfig:
     align_steps: int = 500  # vision + text (+ video)
     bind_steps: int = 300  # every other modality to the frozen images
     align_batch: int = 96
-    lm_steps: int = 2600
+    lm_steps: int = 1300
     lm_batch: int = 32
     lm_dim: int = 128
     lm_layers: int = 4
     lm_heads: int = 4
     lm_lr: float = 3e-3
     lm_weight_decay: float = 0.01
+    lm_summary_fraction: float = 0.5  # lines that also get their summary through the injection path
+    lm_summary_scale: float = 30.0
     vocab_size: int = 1000
-    pretrain_steps: int = 1300
-    finetune_steps: int = 1500  # stage 2 teaches the LM to read the feature (300 steps: image colour 58 %)
+    pretrain_steps: int = 800
+    finetune_steps: int = 1000
     stage_batch: int = 32
     pretrain_lr: float = 5e-3
     finetune_lr: float = 2e-3
@@ -286,6 +289,23 @@ def step_tokenizer(run: Run) -> dict:
     return {"pieces": pieces, "lines": len(lines)}
 
 
+def summary_injections(model, tokens: torch.Tensor, real: torch.Tensor, scale: float, fraction: float):
+    """The language model's summary channel: for a random ``fraction`` of the lines, the mean
+    embedding of the line's own tokens (``real`` marks them), times ``scale``, goes through every
+    layer's ``wv`` and is added to every position, the way ImageBind-LLM injects a visual
+    feature (gate fixed at 1). The model learns to let an added vector decide what it says.
+
+    Why: a 1M-parameter LM trained from scratch, unlike LLaMA-7B, could not be steered by the
+    injection at all. With *perfect* attribute features, stage 1 taught shape, count and motion
+    but left colour at chance (23 %, chance 20 %); after this channel, every attribute at 100 %
+    within 200 steps. The weights stay a plain LLaMA (the lines without a summary keep it a
+    language model), and nothing here sees an image."""
+    summary = (model.tok_embeddings(tokens) * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True)
+    summary = (summary * scale * (torch.rand(len(tokens), 1) < fraction)).unsqueeze(1)
+    heads = model.config.n_heads
+    return [layer.attention.wv(summary).unflatten(-1, (heads, -1)).transpose(1, 2) for layer in model.layers]
+
+
 def step_llama(run: Run) -> dict:
     from imagebind_llm.config import AdapterConfig, LlamaConfig
     from imagebind_llm.llama import Llama
@@ -299,7 +319,7 @@ def step_llama(run: Run) -> dict:
     config = LlamaConfig(dim=c.lm_dim, n_layers=c.lm_layers, n_heads=c.lm_heads, vocab_size=tokenizer.n_words,
                          multiple_of=32, max_seq_len=256)
     torch.manual_seed(c.seed)
-    model = Llama(config, AdapterConfig(bias_lora=False, query_layer=1, imagebind_dim=8))
+    model = Llama(config, AdapterConfig(bias_lora=False, query_layer=c.lm_layers, imagebind_dim=8))
     for name, p in model.named_parameters():
         if p.ndim == 2:
             torch.nn.init.normal_(p, std=0.02)
@@ -320,7 +340,8 @@ def step_llama(run: Run) -> dict:
         for row, seq in enumerate(batch):
             tokens[row, :len(seq)] = torch.tensor(seq)
             targets[row, :len(seq) - 1] = torch.tensor(seq[1:])
-        logits = model(tokens)
+        summary = summary_injections(model, tokens, targets != -100, c.lm_summary_scale, c.lm_summary_fraction)
+        logits = model(tokens, injections=summary)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                  ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
