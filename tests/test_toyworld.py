@@ -205,5 +205,6 @@ def test_shipped_model_holds_its_measured_accuracy_on_held_out_scenes(shipped_re
 @pytest.mark.xfail(strict=True, reason="issue 7: image QA and some counts are below target (BELOW_TARGET)")
 def test_shipped_model_meets_the_targets_on_held_out_scenes(shipped_results):
     missed = [(modality, attribute) for modality, entry in shipped_results["modalities"].items()
-              for attribute, scores in entry.items() if _best(scores) < lower_bound(_target(modality), EVAL_N)]
+              for attribute, scores in entry.items()
+              if _best(scores) < lower_bound(_target(modality), EVAL_N)]
     assert not missed, missed

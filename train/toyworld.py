@@ -340,7 +340,8 @@ def step_llama(run: Run) -> dict:
         for row, seq in enumerate(batch):
             tokens[row, :len(seq)] = torch.tensor(seq)
             targets[row, :len(seq) - 1] = torch.tensor(seq[1:])
-        summary = summary_injections(model, tokens, targets != -100, c.lm_summary_scale, c.lm_summary_fraction)
+        summary = summary_injections(model, tokens, targets != -100, c.lm_summary_scale,
+                                     c.lm_summary_fraction)
         logits = model(tokens, injections=summary)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                  ignore_index=-100)
