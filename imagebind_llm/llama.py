@@ -107,9 +107,13 @@ class Attention(nn.Module):
         out = getattr(self, name)(x)
         return out if self.lora is None else out + self.lora[name](x)
 
+    def adapter_values(self, adapter: torch.Tensor) -> torch.Tensor:
+        """wv(adapter) per head, ungated: (B, 1, dim) -> (B, H, 1, head_dim). Base wv only."""
+        return self.wv(adapter).unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
+
     def injection(self, adapter: torch.Tensor) -> torch.Tensor:
-        """tanh(gate) x wv(adapter) per head: (B, 1, dim) -> (B, H, 1, head_dim). Base wv only."""
-        v = self.wv(adapter).unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
+        """tanh(gate) x wv(adapter) per head: (B, 1, dim) -> (B, H, 1, head_dim)."""
+        v = self.adapter_values(adapter)
         return self.gate.tanh().to(v.dtype) * v
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, start: int,

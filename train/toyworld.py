@@ -302,8 +302,7 @@ def summary_injections(model, tokens: torch.Tensor, real: torch.Tensor, scale: f
     language model), and nothing here sees an image."""
     summary = (model.tok_embeddings(tokens) * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True)
     summary = (summary * scale * (torch.rand(len(tokens), 1) < fraction)).unsqueeze(1)
-    heads = model.config.n_heads
-    return [layer.attention.wv(summary).unflatten(-1, (heads, -1)).transpose(1, 2) for layer in model.layers]
+    return [layer.attention.adapter_values(summary) for layer in model.layers]
 
 
 def step_llama(run: Run) -> dict:
