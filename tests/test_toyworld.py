@@ -130,8 +130,16 @@ def test_training_command_smoke(tmp_path):
     from imagebind_llm.presets import pipeline_from_folder
     from train.toyworld import STEPS, artifacts, main, Run, ToyWorldConfig
 
+    import logging
+
+    def logging_state():
+        return [(logging.getLogger(n).level, logging.getLogger(n).propagate) for n in ("train", "imagebind_llm")]
+
+    before = logging_state()
     report = main(["--quick", "--out", str(tmp_path / "run"), "--until", "evaluate"])
     assert set(STEPS) - {"install"} <= set(report["steps"])
+    # the stages run python -m train in this process: its logging set-up must not outlive it
+    assert logging_state() == before
     files = artifacts(Run(ToyWorldConfig.quick(str(tmp_path / "run"))))
     assert all(path.is_file() for path in files.values())
     pipeline = pipeline_from_folder(files)

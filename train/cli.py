@@ -72,6 +72,9 @@ def pretrained_path(value: str) -> str:
         raise SystemExit(f"error: --pretrained {value}: {error}") from None
 
 
+LOGGERS = ("train", "imagebind_llm")  # the loggers a training run sends to stdout and train.log
+
+
 def setup_logging(is_main: bool, out_dir: Path | None) -> list[logging.Handler]:
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
@@ -81,7 +84,7 @@ def setup_logging(is_main: bool, out_dir: Path | None) -> list[logging.Handler]:
     for handler in handlers:
         handler.setFormatter(formatter)
         setattr(handler, _TAG, True)
-    for name in ("train", "imagebind_llm"):
+    for name in LOGGERS:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if getattr(h, _TAG, False)]:
             logger.removeHandler(old)
@@ -112,6 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
     from .engine import run
 
     info = D.init(config.device)
+    # restored on return: a caller in the same process (python -m train.toyworld, tests) keeps
+    # its own logging, instead of loggers that no longer propagate
+    previous = {name: (logging.getLogger(name).level, logging.getLogger(name).propagate) for name in LOGGERS}
     handlers = setup_logging(info.is_main, config.output_dir)
     ok = False
     try:
@@ -125,10 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-        for name in ("train", "imagebind_llm"):
+        for name, (level, propagate) in previous.items():
             logger = logging.getLogger(name)
             for handler in handlers:
                 logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
         for handler in handlers:
             handler.flush()
             if isinstance(handler, logging.FileHandler):
