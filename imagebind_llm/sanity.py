@@ -13,13 +13,14 @@ few fixed sentences, a few hundred tokens in all, and reads:
    needs almost no byte-fallback or unknown pieces;
 3. **perplexity** of the probe text (per token, ``exp`` of the mean next-token cross-entropy
    after BOS). Above ``max_perplexity`` the base does not model language the way the adapter
-   expects: an error. The cause is named by the other evidence: tokenizer facts that do not hold
-   -> ``tokenizer``; a perplexity near or above chance (above ``chance_fraction`` x vocabulary; a
-   uniform guess scores exactly the vocabulary size) -> ``random_weights`` when the rows of the
-   embedding and output matrices all have the same length, as freshly initialised weights do
-   (:func:`looks_untrained`), else ``shuffled_weights`` (trained tensors permuted, swapped or
-   mixed up, which keeps their row lengths); in between -> ``damaged_weights`` (another model of
-   the same shape, partly damaged tensors, or a tokenizer of the same size from another model);
+   expects: an error. The cause is named by the other evidence, in this order: a perplexity near
+   or above chance (above ``chance_fraction`` x vocabulary; a uniform guess scores exactly the
+   vocabulary size) with the rows of the embedding and output matrices all of about the same
+   length, as freshly initialised weights have (:func:`looks_untrained`) -> ``random_weights``
+   (no tokenizer could help those); tokenizer facts that do not hold -> ``tokenizer``; else near
+   or above chance -> ``shuffled_weights`` (trained tensors permuted, swapped or mixed up, which
+   keeps their row lengths); in between -> ``damaged_weights`` (another model of the same shape,
+   partly damaged tensors, or a tokenizer of the same size from another model);
 4. **Chinese** (the ``7B_chinese`` preset): the probe's English sentences have Chinese
    translations. A model that knows both languages needs about as many nats for a sentence as
    for its translation (same content); an English-only model needs far more for the Chinese.
@@ -333,11 +334,11 @@ def check_base_model(model: torch.nn.Module, tokenizer, probe: Probe) -> CheckRe
     limit = f"a working base scores below {probe.max_perplexity:g}"
 
     if result.perplexity > probe.max_perplexity:
-        if special or other:
-            add("tokenizer", f"wrong tokenizer: {'; '.join(special + other)}. The probe text's perplexity is "
-                             f"{result.perplexity:.1f} ({limit}). Use the tokenizer.model that belongs to "
-                             f"{probe.base}")
-        elif result.perplexity >= probe.chance_fraction * rows and looks_untrained(model):
+        # Freshly initialised weights are named first, whatever else is wrong: no tokenizer can make
+        # them work. (The untrained preset's tokenizer, trained on this package's docstrings, needs
+        # about 0.5 pieces per character of the toy world's text, at that probe's limit.)
+        untrained = result.perplexity >= probe.chance_fraction * rows and looks_untrained(model)
+        if untrained:
             add("random_weights", "random (untrained) weights: the probe text's perplexity is "
                                   f"{result.perplexity:.1f}, "
                                   f"near or above chance ({rows}, the vocabulary size; {limit}), and the rows of the "
@@ -345,6 +346,12 @@ def check_base_model(model: torch.nn.Module, tokenizer, probe: Probe) -> CheckRe
                                   "initialised weights do "
                                   f"(spread {embedding_spread(model):.3f}). A model built without its weights, or "
                                   "an empty or wrong file")
+        if special or other:
+            add("tokenizer", f"wrong tokenizer: {'; '.join(special + other)}. The probe text's perplexity is "
+                             f"{result.perplexity:.1f} ({limit}). Use the tokenizer.model that belongs to "
+                             f"{probe.base}")
+        elif untrained:
+            pass  # named above
         elif result.perplexity >= probe.chance_fraction * rows:
             add("shuffled_weights", f"shuffled or mixed-up weights: the probe text's perplexity is "
                                     f"{result.perplexity:.1f}, near or above chance ({rows}, the vocabulary size; "

@@ -298,6 +298,19 @@ def test_the_pipeline_checks_once_before_the_first_answer(untrained, monkeypatch
     assert len(chat.notices) == 1 and "LLaMA-2" in chat.notices[0]  # the warning, once per chat
 
 
+def test_random_weights_are_named_before_a_wrong_tokenizer(untrained):
+    """Both wrong at once (random weights, and a probe whose tokenizer limit the untrained
+    tokenizer misses): random weights come first, as no tokenizer could make them work; the
+    tokenizer is still reported."""
+    import dataclasses
+
+    strict = dataclasses.replace(sanity.probe_for_preset("toyworld"), max_tokens_per_char=0.01)
+    result = sanity.check_base_model(untrained.model, untrained.tokenizer, strict)
+    assert [f.cause for f in result.errors] == ["random_weights", "tokenizer"]
+    assert result.cause == "random_weights"
+    with pytest.raises(BaseModelError, match="random"):
+        result.raise_if_failed()
+
 def test_skip_base_check_flag_reaches_the_preset_loader(monkeypatch):
     from imagebind_llm import cli, presets
 
