@@ -193,8 +193,8 @@ class CheckResult:
         """A few lines for users: verdict, measurements, likely cause, what to do."""
         state = "passed" if self.ok else "FAILED"
         lines = [f"base-model check {state} (expects {self.base}): {self.summary()}"]
-        for finding in self.findings:  # errors first
-            label = "likely cause" if finding.severity == "error" else "warning"
+        for index, finding in enumerate(self.findings):  # errors first, the likeliest cause first
+            label = ("likely cause" if index == 0 else "also") if finding.severity == "error" else "warning"
             lines.append(f"  {label} [{finding.cause}]: {finding.message}")
         if not self.ok:
             if self.hint:
