@@ -350,20 +350,20 @@ def check_base_model(model: torch.nn.Module, tokenizer, probe: Probe) -> CheckRe
             add("tokenizer", f"wrong tokenizer: {'; '.join(special + other)}. The probe text's perplexity is "
                              f"{result.perplexity:.1f} ({limit}). Use the tokenizer.model that belongs to "
                              f"{probe.base}")
-        elif untrained:
-            pass  # named above
-        elif result.perplexity >= probe.chance_fraction * rows:
-            add("shuffled_weights", f"shuffled or mixed-up weights: the probe text's perplexity is "
-                                    f"{result.perplexity:.1f}, near or above chance ({rows}, the vocabulary size; "
-                                    f"{limit}), although the weights look trained (row-length spread "
-                                    f"{embedding_spread(model):.3f}). Tensors permuted, swapped between layers or "
-                                    "taken from different models (a bad conversion or merge), or a tokenizer of the "
-                                    "same size whose pieces are in another order")
-        else:
-            add("damaged_weights", f"wrong or damaged weights: the probe text's perplexity is {result.perplexity:.1f}, "
-                                   f"above what it should be ({limit}) but under chance ({rows}): a different model of "
-                                   "the same shape, partly damaged or shuffled tensors (a bad conversion), or a "
-                                   "tokenizer of the same size that belongs to another model")
+        elif not untrained:  # the weights look trained: mixed up or damaged
+            if result.perplexity >= probe.chance_fraction * rows:
+                add("shuffled_weights",
+                    f"shuffled or mixed-up weights: the probe text's perplexity is {result.perplexity:.1f}, near "
+                    f"or above chance ({rows}, the vocabulary size; {limit}), although the weights look trained "
+                    f"(row-length spread {embedding_spread(model):.3f}). Tensors permuted, swapped between layers "
+                    "or taken from different models (a bad conversion or merge), or a tokenizer of the same size "
+                    "whose pieces are in another order")
+            else:
+                add("damaged_weights",
+                    f"wrong or damaged weights: the probe text's perplexity is {result.perplexity:.1f}, above what "
+                    f"it should be ({limit}) but under chance ({rows}): a different model of the same shape, partly "
+                    "damaged or shuffled tensors (a bad conversion), or a tokenizer of the same size that belongs "
+                    "to another model")
     elif special:
         add("tokenizer", f"wrong tokenizer: {'; '.join(special)} (generation would not stop at the right token)")
 

@@ -311,6 +311,7 @@ def test_random_weights_are_named_before_a_wrong_tokenizer(untrained):
     with pytest.raises(BaseModelError, match="likely cause \\[random_weights\\].*\n  also \\[tokenizer\\]"):
         result.raise_if_failed()
 
+
 def test_skip_base_check_flag_reaches_the_preset_loader(monkeypatch):
     from imagebind_llm import cli, presets
 
