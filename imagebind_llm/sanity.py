@@ -337,7 +337,8 @@ def check_base_model(model: torch.nn.Module, tokenizer, probe: Probe) -> CheckRe
         # Freshly initialised weights are named first, whatever else is wrong: no tokenizer can make
         # them work. (The untrained preset's tokenizer, trained on this package's docstrings, needs
         # about 0.5 pieces per character of the toy world's text, at that probe's limit.)
-        untrained = result.perplexity >= probe.chance_fraction * rows and looks_untrained(model)
+        near_chance = result.perplexity >= probe.chance_fraction * rows
+        untrained = near_chance and looks_untrained(model)
         if untrained:
             add("random_weights", "random (untrained) weights: the probe text's perplexity is "
                                   f"{result.perplexity:.1f}, "
@@ -351,7 +352,7 @@ def check_base_model(model: torch.nn.Module, tokenizer, probe: Probe) -> CheckRe
                              f"{result.perplexity:.1f} ({limit}). Use the tokenizer.model that belongs to "
                              f"{probe.base}")
         elif not untrained:  # the weights look trained: mixed up or damaged
-            if result.perplexity >= probe.chance_fraction * rows:
+            if near_chance:
                 add("shuffled_weights",
                     f"shuffled or mixed-up weights: the probe text's perplexity is {result.perplexity:.1f}, near "
                     f"or above chance ({rows}, the vocabulary size; {limit}), although the weights look trained "
