@@ -13,6 +13,7 @@ about 2e-3); ``start_indices`` reproduces any official draw.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import PointConfig
@@ -49,7 +50,11 @@ def knn_indices(points: torch.Tensor, centres: torch.Tensor, k: int) -> torch.Te
 
 
 class GroupEncoder(nn.Module):
-    """Mini-PointNet over each group of points: (B, G, K, 3) -> (B, G, feature_dim)."""
+    """Mini-PointNet over each group of points: (B, G, K, 3) -> (B, G, feature_dim).
+
+    The layers are the official 1x1 Conv1d / BatchNorm1d stacks (their parameter names are the
+    checkpoint's), applied to channel-last points as matrix products: the same arithmetic, and
+    on a CPU half the time of Conv1d over thousands of 32-point groups."""
 
     def __init__(self, config: PointConfig):
         super().__init__()
@@ -60,13 +65,21 @@ class GroupEncoder(nn.Module):
             nn.Conv1d(w3, w3, 1), nn.BatchNorm1d(w3), nn.ReLU(inplace=True),
             nn.Conv1d(w3, config.group_feature_dim, 1))
 
+    @staticmethod
+    def _pointwise(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """conv -> batch norm -> ReLU -> conv, on (..., channels): batch norm over all points
+        of all groups per channel, as BatchNorm1d does on (groups, channels, points)."""
+        first, norm, _, second = layers
+        x = F.linear(x, first.weight.squeeze(-1), first.bias)
+        x = F.relu(norm(x.reshape(-1, x.shape[-1])).reshape(x.shape))
+        return F.linear(x, second.weight.squeeze(-1), second.bias)
+
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         batch, num_groups, size, _ = groups.shape
-        x = groups.reshape(batch * num_groups, size, 3).transpose(1, 2)  # (BG, 3, K)
-        x = self.first_conv(x)
-        pooled = x.amax(dim=2, keepdim=True)
-        x = torch.cat([pooled.expand(-1, -1, size), x], dim=1)  # [global, local]
-        x = self.second_conv(x).amax(dim=2)
+        x = self._pointwise(self.first_conv, groups.reshape(batch * num_groups, size, 3))  # (BG, K, w2)
+        pooled = x.amax(dim=1, keepdim=True)
+        x = torch.cat([pooled.expand(-1, size, -1), x], dim=2)  # [global, local]
+        x = self._pointwise(self.second_conv, x).amax(dim=1)
         return x.reshape(batch, num_groups, -1)
 
 

@@ -41,7 +41,7 @@ def write_modality(scene: Scene, modality: str, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if modality == "image":
-        render.render_image(scene).save(path)
+        render.render_image(scene).save(path, compress_level=1)  # lossless; level 6 doubled the writing time
     elif modality == "video":
         write_video(*render.render_video(scene), path)
     elif modality == "audio":

@@ -133,9 +133,12 @@ def _object_colours(scene: Scene, purpose: str):
     return tuple(int(v) for v in base), tuple(int(v * 0.7) for v in base)
 
 
-def render_frame(scene: Scene, t: float, *, trails: bool, purpose: str = "image") -> Image.Image:
-    """The scene at time t as an RGB image; ``trails`` adds the long-exposure copies."""
-    image = _background(scene, purpose + "/bg")
+def render_frame(scene: Scene, t: float, *, trails: bool, purpose: str = "image",
+                 background: Image.Image | None = None) -> Image.Image:
+    """The scene at time t as an RGB image; ``trails`` adds the long-exposure copies.
+    ``background``: the scene's background for ``purpose``, when already drawn (it is the same
+    in every frame, and drawing it is most of the cost of a frame)."""
+    image = (background or _background(scene, purpose + "/bg")).copy()
     fill, shade = _object_colours(scene, purpose + "/colour")
     centres, radius = layout(scene)
     mark = image.getpixel((SIZE // 2, 2))
@@ -164,7 +167,9 @@ def render_image(scene: Scene) -> Image.Image:
 def render_video(scene: Scene) -> tuple[np.ndarray, int]:
     """Frames (T, H, W, 3) uint8 and the frame rate."""
     count = int(VIDEO_FPS * VIDEO_SECONDS)
-    frames = [np.asarray(render_frame(scene, i / VIDEO_FPS, trails=False, purpose="video")) for i in range(count)]
+    background = _background(scene, "video/bg")
+    frames = [np.asarray(render_frame(scene, i / VIDEO_FPS, trails=False, purpose="video", background=background))
+              for i in range(count)]
     return np.stack(frames), VIDEO_FPS
 
 
