@@ -477,6 +477,23 @@ def scalings(phases: list[PhaseResult], clients: int) -> dict[str, Any]:
     return out
 
 
+def busy_cores(phase: PhaseResult) -> float | None:
+    """CPU cores the app and the clients kept busy during ``phase`` (None when attached with --url)."""
+    if phase.app_cpu_s is None or phase.client_cpu_s is None or not phase.wall_s:
+        return None
+    return (phase.app_cpu_s + phase.client_cpu_s) / phase.wall_s
+
+
+def cpu_ceiling(one: PhaseResult, cores: int, clients: int) -> float | None:
+    """The most ``clients`` clients can gain over one when every request costs the CPU it cost
+    alone: the app and the clients share ``cores`` cores, so throughput stops growing once they
+    are all busy. Only a request that costs less CPU when batched can beat it."""
+    busy = busy_cores(one)
+    if not busy:
+        return None
+    return min(float(clients), cores / busy)
+
+
 def report(info: dict[str, Any], args, phases: list[PhaseResult]) -> str:
     out = [f"app: {info['app']}; endpoint /{args.endpoint}; {args.max_new_tokens} new tokens, greedy; "
            f"{args.requests} timed request(s) per client after {args.warmup} warm-up",
@@ -506,6 +523,12 @@ def report(info: dict[str, Any], args, phases: list[PhaseResult]) -> str:
         else:
             target = f"the target, >= {TARGET_SCALING:g}x, is for 8 clients"
         out.append(f"scaling, batching {label}: {args.clients} clients / 1 client = {ratio:.2f}x ({target})")
+    for p in phases:
+        ceiling = cpu_ceiling(p, info["cpu_count"], args.clients) if p.clients == 1 and args.clients > 1 else None
+        if ceiling is not None:
+            out.append(f"CPU bound, batching {p.batching}: 1 client kept {busy_cores(p):.2f} of {info['cpu_count']} "
+                       f"cores busy (app + clients), so {args.clients} clients can reach at most {ceiling:.2f}x "
+                       "at the same CPU per request")
     if ratios["batching_on_over_off"] is not None:
         out.append(f"batching on / off with {args.clients} clients: {ratios['batching_on_over_off']:.2f}x")
     errors = [p for p in phases if p.errors]

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?$")
 
@@ -40,5 +42,16 @@ def test_quick_run_prints_numbers_and_no_errors(tmp_path):
             assert NUMBER.match(value) and float(value) > 0, (name, printed)
     assert re.search(r"^errors: 0$", printed, re.MULTILINE), printed
     assert re.search(r"scaling, batching on: 2 clients / 1 client = [0-9.]+x", printed), printed
+    assert re.search(r"CPU bound, batching on: 1 client kept [0-9.]+ of [0-9]+ cores busy", printed), printed
     saved = json.loads((tmp_path / "load.json").read_text())
     assert len(saved["phases"]) == 4 and all(p["errors"] == 0 for p in saved["phases"])
+
+
+def test_the_cpu_ceiling_is_the_cores_over_what_one_client_keeps_busy():
+    load = load_script(ROOT / "bench" / "load.py", "bench_load")
+    one = load.PhaseResult("on", 1, wall_s=2.0, app_cpu_s=1.5, client_cpu_s=0.9)  # 1.2 cores busy
+    assert abs(load.busy_cores(one) - 1.2) < 1e-9
+    assert abs(load.cpu_ceiling(one, cores=2, clients=8) - 2 / 1.2) < 1e-9
+    assert load.cpu_ceiling(one, cores=64, clients=8) == 8.0  # never more than the clients
+    attached = load.PhaseResult("as served", 1, wall_s=2.0)  # --url: the app's CPU is unknown
+    assert load.busy_cores(attached) is None and load.cpu_ceiling(attached, 2, 8) is None
