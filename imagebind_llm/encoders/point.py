@@ -53,7 +53,7 @@ class GroupEncoder(nn.Module):
     """Mini-PointNet over each group of points: (B, G, K, 3) -> (B, G, feature_dim).
 
     The layers are the official 1x1 Conv1d / BatchNorm1d stacks (their parameter names are the
-    checkpoint's), applied to channel-last points as matrix products: the same arithmetic, and
+    checkpoint's), applied to channel-last points as matrix products: the same function, and
     on a CPU half the time of Conv1d over thousands of 32-point groups."""
 
     def __init__(self, config: PointConfig):

@@ -138,7 +138,7 @@ def render_frame(scene: Scene, t: float, *, trails: bool, purpose: str = "image"
     """The scene at time t as an RGB image; ``trails`` adds the long-exposure copies.
     ``background``: the scene's background for ``purpose``, when already drawn (it is the same
     in every frame, and drawing it is most of the cost of a frame)."""
-    image = (background or _background(scene, purpose + "/bg")).copy()
+    image = (background if background is not None else _background(scene, purpose + "/bg")).copy()
     fill, shade = _object_colours(scene, purpose + "/colour")
     centres, radius = layout(scene)
     mark = image.getpixel((SIZE // 2, 2))
