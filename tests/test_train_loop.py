@@ -80,6 +80,33 @@ def test_precomputed_features_train_like_raw_media(tmp_path):
     assert raw["losses"][1] != raw["losses"][2]
 
 
+def test_examples_with_two_images_are_mixed_by_the_chosen_fusion(tmp_path):
+    # An example with two images trains on their mix: "official" divides by the weight sum (a mix
+    # shorter than 1), "normalized" makes it a unit vector like the app. Precomputed features and
+    # raw media agree in both modes; the two modes differ.
+    names = write_images(tmp_path)
+    mixes = tmp_path / "mixes.json"
+    mixes.write_text(json.dumps([{"image": [a, b], "conversations": [
+        {"from": "human", "value": "Generate caption of this image"}, {"from": "gpt", "value": f"{a} and {b}"}]}
+        for a, b in zip(names, names[1:] + names[:1])]))
+    features = tmp_path / "features"
+    common = [f"data.train=[{mixes}]", "data.split_epoch=1", "optim.batch_size=4", "optim.max_steps=2",
+              "optim.lr=1e-2", "optim.warmup_steps=0", "data.augment=false", "tensorboard=false"]
+    run("pretrain", tmp_path / "pre", *common, f"data.features={features}", "--precompute")
+    losses = {}
+    for fusion in ("official", "normalized"):
+        raw = run("pretrain", tmp_path / f"raw-{fusion}", *common, f"data.fusion={fusion}")
+        cached = run("pretrain", tmp_path / f"cached-{fusion}", *common, f"data.fusion={fusion}",
+                     f"data.features={features}")
+        assert max(abs(x - y) for x, y in zip(raw["losses"], cached["losses"])) <= 1e-5
+        losses[fusion] = raw["losses"]
+    assert losses["official"][1] != losses["normalized"][1]
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.fusion"):
+        run("pretrain", tmp_path / "bad", *common, "data.fusion=average")
+
+
 def test_bad_data_is_counted_reported_and_skipped(tmp_path):
     names = write_images(tmp_path, 6)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagebind_llm.fusion import FUSION_MODES
 from imagebind_llm.prompts import CAPTION_INSTRUCTION
 
 #: The trainable-parameter groups, by official parameter name (reference.md 4.1):
@@ -81,6 +82,9 @@ class DataConfig:
     the first only). ``label_format``: ``corrected`` (ignored positions are -100, so a real
     ``<unk>`` in an answer is learnt) or ``official`` (0, bit-exact official tensors).
     ``strip_media_markers``: remove LLaVA's literal ``<image>`` lines (official: kept).
+    ``fusion``: how an example with several media is mixed (``imagebind_llm.fusion``):
+    ``official`` (weights divided by their sum, not re-normalised, as ``forward_visual``) or
+    ``normalized`` (the unit mix the app and the Pipeline make by default).
 
     Media: ``augment`` = the official random resized crop for images (raw media only);
     ``preprocess_mode`` = the project loaders' ``official``/``corrected`` mode; ``features`` =
@@ -100,6 +104,7 @@ class DataConfig:
     multi_turn: bool = False
     label_format: str = "corrected"
     strip_media_markers: bool = False
+    fusion: str = "official"
     augment: bool = True
     preprocess_mode: str = "corrected"
     features: str | None = None
@@ -202,7 +207,8 @@ STAGES: dict[str, dict[str, Any]] = {
 _CHOICES = {
     "stage": tuple(STAGES), "strategy": ("ddp", "fsdp"), "precision": ("auto", "fp32", "bf16", "fp16"),
     "data.label_format": ("corrected", "official"), "data.preprocess_mode": ("official", "corrected"),
-    "data.check_media": ("exists", "decode", "none"), "optim.loss_reduction": ("tokens", "official"),
+    "data.fusion": FUSION_MODES, "data.check_media": ("exists", "decode", "none"),
+    "optim.loss_reduction": ("tokens", "official"),
     "model.frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
 }
 
@@ -376,7 +382,8 @@ def build_config(stage: str | None = None, yaml_path: str | Path | None = None,
 def validate(config: RunConfig) -> None:
     flat = {"stage": config.stage, "strategy": config.strategy, "precision": config.precision,
             "data.label_format": config.data.label_format, "data.preprocess_mode": config.data.preprocess_mode,
-            "data.check_media": config.data.check_media, "optim.loss_reduction": config.optim.loss_reduction,
+            "data.fusion": config.data.fusion, "data.check_media": config.data.check_media,
+            "optim.loss_reduction": config.optim.loss_reduction,
             "model.frozen_dtype": config.model.frozen_dtype}
     for key, value in flat.items():
         if value not in _CHOICES[key]:

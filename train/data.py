@@ -515,7 +515,7 @@ class ExampleDataset(torch.utils.data.Dataset):
             return item
         if self.features is not None:
             try:
-                item.feature = self.features.fused(record.media)
+                item.feature = self.features.fused(record.media, self.config.fusion)
             except KeyError as error:
                 ref = error.args[0]
                 reason = self.features.failure(ref) or "no precomputed feature"

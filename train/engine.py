@@ -150,7 +150,7 @@ class Context:
 
 def batch_features(batch: Batch, ctx: Context) -> torch.Tensor:
     """Fused ImageBind features (B, D) of a batch: precomputed ones, or the frozen encoder on
-    the raw media, mixed per example like the official ``forward_visual`` (cache off)."""
+    the raw media, mixed per example (``data.fusion``; official: ``forward_visual``, cache off)."""
     device = ctx.info.device
     if batch.features is not None:
         return batch.features.to(device)
@@ -165,7 +165,7 @@ def batch_features(batch: Batch, ctx: Context) -> torch.Tensor:
             unit = encode_items(ctx.encoder, items, ctx.config.data.feature_batch_size).float().cpu()
         for row in sorted({r for r, _ in owners}):
             picks = [i for i, (r, _) in enumerate(owners) if r == row]
-            features[row] = fuse(unit[picks], [owners[i][1] for i in picks], mode="official")
+            features[row] = fuse(unit[picks], [owners[i][1] for i in picks], mode=ctx.config.data.fusion)
     return features.to(device)
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imagebind_llm.fusion import fuse
+from imagebind_llm.fusion import FusionMode, fuse
 from imagebind_llm.preprocess import KIND_TO_MODALITY, PreprocessOptions
 
 from .data import BadDataError, MediaRef, Problem, Record, load_media
@@ -91,10 +91,10 @@ class FeatureStore:
             raise KeyError(ref)
         return torch.from_numpy(np.array(self._array(where[0])[where[1]], dtype=np.float32))
 
-    def fused(self, media: Sequence[MediaRef]) -> torch.Tensor:
-        """The official mix of an example's media (reference.md 4.9, cache off)."""
+    def fused(self, media: Sequence[MediaRef], mode: FusionMode = "official") -> torch.Tensor:
+        """The mix of an example's media (official: reference.md 4.9, cache off)."""
         vectors = torch.stack([self.vector(ref) for ref in media])
-        return fuse(vectors, [ref.weight for ref in media], mode="official")
+        return fuse(vectors, [ref.weight for ref in media], mode=mode)
 
     def failure(self, ref: MediaRef) -> str | None:
         return self.failures.get(ref.key)
