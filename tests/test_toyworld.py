@@ -178,6 +178,17 @@ def test_shipped_model_files_match_their_checksums(shipped):
     assert sum(f["bytes"] for f in manifest["files"].values()) <= 30 * 2**20  # the budget
 
 
+def test_the_mixed_description_has_room_for_two_scenes(shipped):
+    # A mix is scored on whether its description names both objects: the generation window must
+    # hold the longest description of two scenes (it once held 12 tokens, about one scene).
+    from imagebind_llm.eval.toyworld import GREEDY, GREEDY_DESCRIPTION
+    from imagebind_llm.toyworld.world import all_scenes
+
+    tokenizer = shipped.tokenizer
+    longest = max(len(tokenizer.encode(caption(scene), bos=False, eos=True)) for scene in all_scenes())
+    assert GREEDY.max_new_tokens < 2 * longest <= GREEDY_DESCRIPTION.max_new_tokens
+
+
 @pytest.fixture(scope="module")
 def shipped_results(shipped, tmp_path_factory):
     from imagebind_llm.eval.toyworld import evaluate, format_table

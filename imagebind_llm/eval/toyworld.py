@@ -34,7 +34,8 @@ from ..toyworld.world import ATTRIBUTES, CARRIED, DESCRIBE, MODALITIES, QUESTION
 from ..visual_cache import CacheConfig
 
 CHANCE = 0.2
-GREEDY = GenerationConfig(max_new_tokens=12, temperature=0.0)
+GREEDY = GenerationConfig(max_new_tokens=12, temperature=0.0)  # an answer to one question
+GREEDY_DESCRIPTION = GenerationConfig(max_new_tokens=40, temperature=0.0)  # room to describe two scenes
 
 
 def value_prompts(attribute: str) -> list[str]:
@@ -48,7 +49,8 @@ def value_prompts(attribute: str) -> list[str]:
     return prompts
 
 
-def _answers(pipeline, features: torch.Tensor, question: str, batch_size: int = 32) -> list[str]:
+def _answers(pipeline, features: torch.Tensor, question: str, batch_size: int = 32,
+             config: GenerationConfig = GREEDY) -> list[str]:
     model, tokenizer = pipeline.model, pipeline.tokenizer
     prompt = tokenizer.encode(format_prompt(question))
     out = []
@@ -56,7 +58,7 @@ def _answers(pipeline, features: torch.Tensor, question: str, batch_size: int = 
         chunk = features[start:start + batch_size]
         with torch.inference_mode():
             visual = model.visual_query(chunk.to(model.device))
-        ids = generate(model, [prompt] * len(chunk), GREEDY, visual_query=visual, eos_id=tokenizer.eos_id)
+        ids = generate(model, [prompt] * len(chunk), config, visual_query=visual, eos_id=tokenizer.eos_id)
         out += [tokenizer.decode(i).strip() for i in ids]
     return out
 
@@ -118,7 +120,7 @@ def _mixed(pipeline, records: list[dict], root: Path, n: int) -> dict:
         embeddings = pipeline.embed([Media("image", str(root / image["files"]["image"])),
                                      Media("audio", str(root / sound["files"]["audio"]))])
         features.append(torch.nn.functional.normalize(embeddings.mean(0), dim=-1))
-    answers = _answers(pipeline, torch.stack(features), DESCRIBE[0])
+    answers = _answers(pipeline, torch.stack(features), DESCRIBE[0], config=GREEDY_DESCRIPTION)
 
     def names(text: str, shape: str) -> bool:
         from ..toyworld.world import PLURALS
