@@ -34,8 +34,9 @@ Figures per (batching, clients):
   ``--max-new-tokens`` shows by how much).
 * **latency p50 / p95**: per request, from ``submit`` to the final answer (queue wait included).
 * **TTFT p50 / p95** (time to first token): from ``submit`` to the first streamed update that
-  holds answer text. The app streams at most one update per 50 ms, so this is the first token's
-  arrival rounded up to the app's update interval (and the client's 2 ms polling).
+  holds answer text. The app streams at most one update per ``--stream-interval`` (50 ms by
+  default), so this is the first token's arrival rounded up to the app's update interval (and
+  the client's 2 ms polling).
 * **errors**: requests that raised or timed out (``--timeout``); the first message is printed.
 * **app CPU s**: the CPU time the app process used during the phase (all its threads, from
   ``/proc``; only for an app started here), and tokens per app CPU second, a figure that other
@@ -512,7 +513,8 @@ def report(info: dict[str, Any], args, phases: list[PhaseResult]) -> str:
                       "p50 s", "p95 s", "TTFT p50", "TTFT p95", "app CPU s", f"{unit}/app CPU s", "client CPU s"],
                      rows))
     out.append(f"{unit}/s = all {unit} of the phase / its wall time; p50/p95 = per-request latency "
-               "(submit to final answer); TTFT = submit to the first streamed text (the app streams every 50 ms); "
+               "(submit to final answer); TTFT = submit to the first streamed text (the app streams at most every "
+               "--stream-interval, 50 ms by default); "
                "app CPU s = CPU time the app process used during the phase (all threads; '-' when attached with "
                "--url), client CPU s = this process's")
     ratios = scalings(phases, args.clients)

@@ -397,15 +397,19 @@ def test_flags_and_environment():
     args = parse_args([], {})
     assert (args.host, args.port, args.share, args.queue_size, args.concurrency) == ("127.0.0.1", 7860, False, 32, 1)
     assert args.preset is None and args.max_file_size == 200.0 and args.visual_cache is False
+    assert args.stream_interval == 0.05
     env = {"GRADIO_SERVER_PORT": "8000", "IMAGEBIND_LLM_CONCURRENCY": "3", "IMAGEBIND_LLM_SHARE": "yes",
            "IMAGEBIND_LLM_PRESET": "imagebind-llm-7b", "IMAGEBIND_LLM_LLAMA": "/llama", "GRADIO_SERVER_NAME": "0.0.0.0",
-           "IMAGEBIND_LLM_MAX_FILE_SIZE": "50", "IMAGEBIND_LLM_VISUAL_CACHE": "1"}
+           "IMAGEBIND_LLM_MAX_FILE_SIZE": "50", "IMAGEBIND_LLM_VISUAL_CACHE": "1",
+           "IMAGEBIND_LLM_STREAM_INTERVAL": "0.25"}
     args = parse_args(["--port", "9000"], env)
     assert (args.port, args.concurrency, args.share, args.preset, args.llama, args.host) == (
         9000, 3, True, "imagebind-llm-7b", "/llama", "0.0.0.0")
-    assert args.max_file_size == 50.0 and args.visual_cache is True
+    assert args.max_file_size == 50.0 and args.visual_cache is True and args.stream_interval == 0.25
     with pytest.raises(SystemExit):
         parse_args(["--concurrency", "0"], {})
+    with pytest.raises(SystemExit):
+        parse_args(["--stream-interval", "-1"], {})
     with pytest.raises(SystemExit):
         parse_args([], {"IMAGEBIND_LLM_DTYPE": "float8"})
 

@@ -43,6 +43,7 @@ ENVIRONMENT = {
     "offload_encoders": "IMAGEBIND_LLM_OFFLOAD_ENCODERS",
     "skip_base_check": "IMAGEBIND_LLM_SKIP_BASE_CHECK",
     "batch_decoding": "IMAGEBIND_LLM_BATCH_DECODING",
+    "stream_interval": "IMAGEBIND_LLM_STREAM_INTERVAL",
     "decoder": "IMAGEBIND_LLM_DECODER",
 }
 _TRUE = {"1", "true", "yes", "on"}
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--batch-decoding", action=argparse.BooleanOptionalAction, default=None,
                        help="decode the running requests together, one step for all (continuous batching; "
                             "default: on when --concurrency is above 1)")
+    group.add_argument("--stream-interval", type=float, default=0.05, metavar="SECONDS",
+                       help="least time between two streamed updates of an answer: each update re-sends the "
+                            "page state, so a longer interval leaves more CPU to the model under load")
     group.add_argument("--max-file-size", type=float, default=200.0, metavar="MB",
                        help="largest upload in megabytes (0: no limit)")
     group.add_argument("--unclip", metavar="PATH_OR_REPO",
@@ -115,8 +119,8 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
                      f"got {args.decoder!r}")
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
-    if args.queue_size < 0 or args.max_file_size < 0:
-        parser.error("--queue-size and --max-file-size must be >= 0")
+    if args.queue_size < 0 or args.max_file_size < 0 or args.stream_interval < 0:
+        parser.error("--queue-size, --max-file-size and --stream-interval must be >= 0")
     return args
 
 
@@ -162,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     max_bytes = max_bytes_of(args)
     demo = build_demo(pipeline, concurrency=args.concurrency, queue_size=args.queue_size or None, max_bytes=max_bytes,
-                      image_generator=image_generator, batch_decoding=args.batch_decoding)
+                      image_generator=image_generator, batch_decoding=args.batch_decoding,
+                      stream_interval=args.stream_interval)
     log.info("page built in %.1f s; serving on http://%s:%d (queue %s, %d at once%s, uploads up to %s)",
              time.perf_counter() - started, args.host, args.port, args.queue_size or "unbounded", args.concurrency,
              ", batched decoding" if getattr(pipeline, "batcher", None) is not None else "",
