@@ -124,6 +124,64 @@ def test_summary_channel_injects_the_mean_embedding_of_each_line_through_wv():
     assert torch.allclose(model(tokens, injections=none), model(tokens), atol=1e-6)
 
 
+def test_vision_augmentation_mirrors_and_shifts_without_wrapping_around():
+    import torch
+
+    from train.augment import mirror_and_shift
+
+    image = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0))  # every value unique
+    batch = image.expand(64, -1, -1, -1)
+    out = mirror_and_shift(batch, torch.Generator().manual_seed(0), max_shift=16)
+    assert out.shape == batch.shape and torch.equal(batch[0], image)  # the input is left alone
+    mirrored = shifted = 0
+    for item in out:
+        # where did the centre pixel go? that gives the shift, for the image or its mirror image
+        (y, x), = (item[0] == image[0, 112, 112]).nonzero().tolist()
+        match = None
+        for flip, centre_x in ((False, 112), (True, 111)):
+            source = image.flip(-1) if flip else image
+            dy, dx = y - 112, x - centre_x
+            window = source[:, max(0, -dy):224 - max(0, dy), max(0, -dx):224 - max(0, dx)]
+            moved = item[:, max(0, dy):224 - max(0, -dy), max(0, dx):224 - max(0, -dx)]
+            if max(abs(dy), abs(dx)) <= 16 and torch.equal(window, moved):
+                match = flip, dy, dx, source
+        assert match is not None, "every item is the image, mirrored or not, moved by at most 16 pixels"
+        flip, dy, dx, source = match
+        mirrored += flip
+        shifted += (dy, dx) != (0, 0)
+        # the strip a shift uncovers keeps the item's own edge pixels, not the far side's
+        if dy > 0:
+            assert torch.equal(item[:, :dy], source[:, :dy])
+        if dy < 0:
+            assert torch.equal(item[:, dy:], source[:, dy:])
+        if dx > 0:
+            assert torch.equal(item[..., :dx], source[..., :dx])
+        if dx < 0:
+            assert torch.equal(item[..., dx:], source[..., dx:])
+    assert 16 < mirrored < 48 and shifted > 56
+    # videos (B, C, T, H, W): every frame of an item moves alike
+    video = torch.stack([image, image.roll(5, -1)], dim=1).expand(8, -1, -1, -1, -1)
+    for item in mirror_and_shift(video, torch.Generator().manual_seed(1), max_shift=16):
+        second = item[:, 1, 24:-24, 24:-24]  # frame 1 is still frame 0 moved 5 pixels (left if mirrored)
+        first = item[:, 0, 24:-24]
+        assert torch.equal(second, first[..., 19:-29]) or torch.equal(second, first[..., 29:-19])
+
+
+def test_training_command_reads_settings_as_their_types():
+    from train.toyworld import ToyWorldConfig, _with_setting
+
+    config = ToyWorldConfig()
+    assert _with_setting(config, "align_augment=false").align_augment is False
+    assert _with_setting(config, "align_augment=True").align_augment is True
+    assert _with_setting(config, "align_steps=12").align_steps == 12
+    assert _with_setting(config, "align_lr=0.5").align_lr == 0.5
+    assert _with_setting(config, "threads=2").threads == 2
+    for bad, message in (("align_augment=maybe", "true or false"), ("align_stepz=3", "no setting named"),
+                         ("align_steps=many", "invalid literal")):
+        with pytest.raises(ValueError, match=message):
+            _with_setting(config, bad)
+
+
 def test_training_command_smoke(tmp_path):
     """Every step of python -m train.toyworld at tiny length, then the result loads and answers."""
     from imagebind_llm.embedding import Media
@@ -208,19 +266,20 @@ def _target(modality: str) -> float:
 
 
 #: Where the shipped model is still below the issue's target (see the README's toy-world
-#: section). These must stay at least at a 50 % rate (chance is 20 %); all others must meet
-#: their target.
-BELOW_TARGET = {("image", "shape"), ("image", "count"), ("image", "motion"), ("video", "motion")}
+#: section). These must stay at least at a 70 % rate (chance is 20 %; measured 78-84 % at
+#: n = 200); all others must meet their target.
+BELOW_TARGET = {("image", "shape"), ("image", "count"), ("image", "motion")}
+BELOW_TARGET_FLOOR = 0.7
 
 
 def test_shipped_model_holds_its_measured_accuracy_on_held_out_scenes(shipped_results):
     for modality, entry in shipped_results["modalities"].items():
         for attribute, scores in entry.items():
-            rate = 0.5 if (modality, attribute) in BELOW_TARGET else _target(modality)
+            rate = BELOW_TARGET_FLOOR if (modality, attribute) in BELOW_TARGET else _target(modality)
             assert _best(scores) >= lower_bound(rate, EVAL_N), (modality, attribute, scores)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7: image QA and some counts are below target (BELOW_TARGET)")
+@pytest.mark.xfail(strict=True, reason="issue 7: image QA is below target (BELOW_TARGET)")
 def test_shipped_model_meets_the_targets_on_held_out_scenes(shipped_results):
     missed = [(modality, attribute) for modality, entry in shipped_results["modalities"].items()
               for attribute, scores in entry.items()
