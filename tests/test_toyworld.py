@@ -177,7 +177,7 @@ def test_training_command_reads_settings_as_their_types():
     assert _with_setting(config, "align_lr=0.5").align_lr == 0.5
     assert _with_setting(config, "threads=2").threads == 2
     for bad, message in (("align_augment=maybe", "true or false"), ("align_stepz=3", "no setting named"),
-                         ("align_steps=many", "invalid literal")):
+                         ("align_steps=many", "expected an integer")):
         with pytest.raises(ValueError, match=message):
             _with_setting(config, bad)
 

@@ -361,6 +361,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def read_setting(key: str, text: str, kind: Any) -> Any:
+    """One command-line value ``text`` read as the type ``kind`` of setting ``key`` (the rules of
+    ``key=value`` overrides; ConfigError names the key when the value does not fit)."""
+    return _coerce(key, _parse_scalar(text), kind)
+
+
 def build_config(stage: str | None = None, yaml_path: str | Path | None = None,
                  overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Defaults < stage overrides < YAML < ``overrides``; validated."""

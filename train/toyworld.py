@@ -30,7 +30,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -499,18 +499,17 @@ STEP_FUNCTIONS = {"world": step_world, "vision": step_vision, "bind": step_bind,
 
 
 def _with_setting(config: ToyWorldConfig, item: str) -> ToyWorldConfig:
-    """``config`` with one ``KEY=VALUE`` of ``--set`` applied, the value read as the field's type."""
-    key, _, value = item.partition("=")
-    names = [f.name for f in fields(ToyWorldConfig)]
-    if key not in names:
-        raise ValueError(f"no setting named {key!r} (known: {', '.join(names)})")
-    current = getattr(config, key)
-    if isinstance(current, bool):  # bool("false") would be True
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"expected true or false, got {value!r}")
-        return replace(config, **{key: value.lower() in ("true", "1")})
-    kind = int if current is None else type(current)  # threads: None means torch's default
-    return replace(config, **{key: kind(value)})
+    """``config`` with one ``KEY=VALUE`` of ``--set`` applied, read like ``python -m train``'s
+    overrides (``true``/``false``, ``1e-3``, ``null``), as the field's type."""
+    import typing
+
+    from .config import ConfigError, read_setting
+
+    key, _, text = item.partition("=")
+    types = typing.get_type_hints(ToyWorldConfig)
+    if key not in types:
+        raise ConfigError(f"no setting named {key!r} (known: {', '.join(types)})")
+    return replace(config, **{key: read_setting(key, text, types[key])})
 
 
 def main(argv: list[str] | None = None) -> dict:
