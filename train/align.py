@@ -14,7 +14,8 @@ for models trained from scratch (the toy world's small ImageBind):
 
 The loss is the symmetric InfoNCE of CLIP with a learnable temperature. Items that describe
 the same thing (``groups``: e.g. identical captions) are all positives of each other, instead
-of being pushed apart as false negatives.
+of being pushed apart as false negatives. A task may also contrast each item with a fixed set
+of text prompts (:class:`PromptContrast`, CLIP's zero-shot classifier used as a loss).
 """
 
 from __future__ import annotations
@@ -51,6 +52,33 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
                   + torch.sum(-columns * logits.t().log_softmax(dim=1), dim=1).mean())
 
 
+class PromptContrast:
+    """Each item contrasted with a fixed set of text prompts, in groups of ``group_size``
+    alternatives (e.g. "Ball.", "Cube.", ... "Cylinder." for shape): a softmax over each group,
+    the prompt that describes the item as the positive. These are the hardest negatives a
+    caption can have, a description that differs from the right one in a single word, which
+    a random batch of 32 captions almost never holds (and a small model learns a fine
+    attribute like a count slowly without them).
+
+    ``labels[i, g]``: which prompt of group ``g`` describes item ``i`` of the task's inputs.
+    """
+
+    def __init__(self, prompts: torch.Tensor, encode: Encode, labels: torch.Tensor, group_size: int,
+                 weight: float = 1.0):
+        if len(prompts) != labels.shape[1] * group_size:
+            raise ValueError(f"{len(prompts)} prompts for {labels.shape[1]} groups of {group_size}")
+        self.prompts, self.encode, self.labels = prompts, encode, labels
+        self.group_size, self.weight = group_size, weight
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def loss(self, index: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        prompts = F.normalize(self.encode(self.prompts).float(), dim=-1)
+        prompts = prompts.view(self.labels.shape[1], self.group_size, -1)
+        items = F.normalize(embeddings.float(), dim=-1)
+        logits = self.logit_scale.exp().clamp(max=100) * torch.einsum("bd,gkd->bgk", items, prompts)
+        return F.cross_entropy(logits.reshape(-1, self.group_size), self.labels[index].reshape(-1))
+
+
 @dataclass
 class Task:
     """One pairing: ``inputs_a[i]`` goes with ``inputs_b[i]``.
@@ -59,6 +87,9 @@ class Task:
     frozen may be given as precomputed embeddings with ``encode_b=None``. ``parameters``:
     what this task trains (besides its temperature). Positives beyond the pair itself: items
     of the same ``groups`` value, or ``positives(index) -> (B, B) bool`` for anything else.
+    ``inputs_a``/``inputs_b`` may be anything indexable by a tensor of indices. ``every``: the
+    task takes part in one step out of ``every`` (a costly, secondary pairing).
+    ``prompts``: an extra :class:`PromptContrast` on side a's embeddings.
     """
 
     name: str
@@ -71,6 +102,8 @@ class Task:
     positives: Callable[[torch.Tensor], torch.Tensor] | None = None
     batch_size: int = 64
     weight: float = 1.0
+    every: int = 1
+    prompts: PromptContrast | None = None
 
     def __post_init__(self) -> None:
         if len(self.inputs_a) != len(self.inputs_b):
@@ -96,7 +129,8 @@ def align(tasks: Sequence[Task], config: AlignConfig, progress: bool = True,
     generator = torch.Generator().manual_seed(config.seed)
     params, seen = [], set()
     for task in tasks:
-        for p in list(task.parameters) + [task.logit_scale]:
+        extra = [task.prompts.logit_scale] if task.prompts is not None else []
+        for p in list(task.parameters) + [task.logit_scale] + extra:
             if id(p) not in seen:
                 seen.add(id(p))
                 params.append(p)
@@ -113,12 +147,15 @@ def align(tasks: Sequence[Task], config: AlignConfig, progress: bool = True,
 
         bar = tqdm(total=config.steps, desc="align " + ",".join(t.name for t in tasks), leave=False)
     started = time.perf_counter()
+    latest = {}  # each task's last loss (a task with every > 1 skips steps)
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * schedule(step)
         losses = {}
         total = 0.0
         for task in tasks:
+            if step % task.every:
+                continue
             index = torch.randint(len(task.inputs_a), (min(task.batch_size, len(task.inputs_a)),), generator=generator)
             a = task.inputs_a[index]
             b = task.inputs_b[index]
@@ -131,17 +168,23 @@ def align(tasks: Sequence[Task], config: AlignConfig, progress: bool = True,
                 positives = task.positives(index)
             elif task.groups is not None:
                 positives = task.groups[index][:, None] == task.groups[index][None, :]
-            loss = info_nce(task.encode_a(a), embedding_b, task.logit_scale, positives)
+            embedding_a = task.encode_a(a)
+            loss = info_nce(embedding_a, embedding_b, task.logit_scale, positives)
             total = total + task.weight * loss
             losses[task.name] = loss.item()
+            if task.prompts is not None:
+                loss = task.prompts.loss(index, embedding_a)
+                total = total + task.prompts.weight * loss
+                losses[task.name + " prompts"] = loss.item()
+        latest.update(losses)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
         if bar is not None:
             bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in latest.items()})
         if step % config.log_every == 0 or step == config.steps - 1:
-            record = {"step": step, "seconds": round(time.perf_counter() - started, 1), **losses}
+            record = {"step": step, "seconds": round(time.perf_counter() - started, 1), **latest}
             history.append(record)
             log.info("align %s", record)
     if bar is not None:

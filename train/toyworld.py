@@ -51,11 +51,14 @@ class ToyWorldConfig:
     # Vision + text (+ video): many small batches. The encoder learns from the number of updates
     # more than from their size: 1,500 steps of 32 beat 500 of 96 at about the same cost. Images
     # and videos are mirrored and shifted (train/augment.py); with that, more steps keep helping.
-    align_steps: int = 3000
+    # Every image is also contrasted with the one-attribute prompts ("Ball.", "Cube.", ...).
+    align_steps: int = 4000
     align_batch: int = 32
-    align_lr: float = 1e-3
+    align_lr: float = 5e-4  # a linear probe read 2e-3's features far worse, 1e-3's 3 points worse
     align_augment: bool = True
     align_max_shift: int = 16  # pixels, half a vision patch
+    align_prompt_weight: float = 1.0  # 0 turns the prompt contrast off
+    align_video_every: int = 3  # video <-> image pairs (costly) take part in one step out of this many
     bind_steps: int = 300  # every other modality to the frozen images
     bind_batch: int = 96
     lm_steps: int = 1300
@@ -185,13 +188,30 @@ def _stored_float(name: str, x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.is_floating_point() else x  # inputs are stored as float16
 
 
-def step_vision(run: Run) -> dict:
-    """Vision and text encoders by contrastive alignment on image-caption pairs, videos tied to
-    the stills of their scenes (the vision encoder embeds both)."""
-    from imagebind_llm.toyworld.dataset import load_tensors, read_index
-    from imagebind_llm.toyworld.world import ATTRIBUTES
+class RandomClip:
+    """Videos (N, clips, 3, T, H, W) indexed as one random clip each: ``view[index]`` is
+    (B, 3, T, H, W), gathered in one go (gathering all five clips and then picking one cost a
+    tenth of a vision step)."""
 
-    from .align import AlignConfig, Task, align
+    def __init__(self, videos: torch.Tensor, generator: torch.Generator):
+        self.videos, self.generator = videos, generator
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return self.videos[index, torch.randint(self.videos.shape[1], (len(index),), generator=self.generator)]
+
+
+def step_vision(run: Run) -> dict:
+    """Vision and text encoders by contrastive alignment on image-caption pairs (and of each
+    image with the one-attribute prompts), videos tied to the stills of their scenes (the vision
+    encoder embeds both)."""
+    from imagebind_llm.preprocess.text import tokenize
+    from imagebind_llm.toyworld.dataset import load_tensors, read_index
+    from imagebind_llm.toyworld.world import ATTRIBUTES, value_prompts
+
+    from .align import AlignConfig, PromptContrast, Task, align
     from .augment import mirror_and_shift
 
     c = run.config
@@ -212,20 +232,25 @@ def step_vision(run: Run) -> dict:
     augmentation = torch.Generator().manual_seed(c.seed)
 
     def inputs(name: str, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 6:  # (B, clips, 3, T, H, W): one random clip per video, picked before the
-            # float conversion (converting all five clips cost a quarter of every step)
-            x = x[torch.arange(x.shape[0]), torch.randint(x.shape[1], (x.shape[0],))]
         x = _stored_float(name, x)
         if c.align_augment and name != "image-text:b":  # every image and video, not the captions
             x = mirror_and_shift(x, augmentation, c.align_max_shift)
         return x
 
+    prompts = None
+    if c.align_prompt_weight > 0:
+        (group_size,) = {len(values) for values in ATTRIBUTES.values()}  # five values each
+        labels = torch.tensor([[ATTRIBUTES[a].index(r[a]) for a in ATTRIBUTES] for r in image_records])
+        prompts = PromptContrast(tokenize([p for a in ATTRIBUTES for p in value_prompts(a)]), model.text, labels,
+                                 group_size=group_size, weight=c.align_prompt_weight)
     image_text = Task("image-text", model.vision, images, tokens, model.text,
                       list(model.vision.parameters()) + list(model.text.parameters()),
-                      positives=caption_mask, batch_size=c.align_batch)
-    video_image = Task("video-image", model.vision, videos, images[: len(rich_records)], model.vision,
-                       list(model.vision.parameters()), groups=_attribute_groups(rich_records, ATTRIBUTES),
-                       batch_size=c.align_batch // 2, weight=0.5)
+                      positives=caption_mask, batch_size=c.align_batch, prompts=prompts)
+    # Weight 1/2 per step when it takes part every step, the same share of the loss otherwise.
+    video_image = Task("video-image", model.vision, RandomClip(videos, torch.Generator().manual_seed(c.seed)),
+                       images[: len(rich_records)], model.vision, list(model.vision.parameters()),
+                       groups=_attribute_groups(rich_records, ATTRIBUTES), batch_size=c.align_batch // 2,
+                       weight=0.5 * c.align_video_every, every=c.align_video_every)
     model.train()
     history = align([image_text, video_image], AlignConfig(steps=c.align_steps, lr=c.align_lr, seed=c.seed),
                     transform=inputs)

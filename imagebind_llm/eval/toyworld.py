@@ -30,23 +30,12 @@ from ..generation import GenerationConfig, generate
 from ..prompts import format_prompt
 from ..toyworld.dataset import scene_of, write_scenes
 from ..toyworld.world import ATTRIBUTES, CARRIED, DESCRIBE, MODALITIES, QUESTIONS, SHAPES, answer_matches, \
-    caption, sample_scenes
+    sample_scenes, value_prompts
 from ..visual_cache import CacheConfig
 
 CHANCE = 0.2
 GREEDY = GenerationConfig(max_new_tokens=12, temperature=0.0)  # an answer to one question
 GREEDY_DESCRIPTION = GenerationConfig(max_new_tokens=40, temperature=0.0)  # room to describe two scenes
-
-
-def value_prompts(attribute: str) -> list[str]:
-    """One text per value of ``attribute`` naming only that attribute."""
-    from ..toyworld.world import Scene
-
-    prompts = []
-    for value in ATTRIBUTES[attribute]:
-        fields = {"shape": "ball", "colour": "red", "count": 1, "motion": "still", "seed": 0, attribute: value}
-        prompts.append(caption(Scene(**fields), (attribute,)))
-    return prompts
 
 
 def _answers(pipeline, features: torch.Tensor, question: str, batch_size: int = 32,

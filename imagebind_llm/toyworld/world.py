@@ -121,6 +121,16 @@ def caption(scene: Scene, attributes=("shape", "colour", "count", "motion")) -> 
     return text + "."
 
 
+def value_prompts(attribute: str) -> list[str]:
+    """One caption per value of ``attribute`` naming only that attribute ("Ball.", "Cube.", ...),
+    in the order of :data:`ATTRIBUTES`: the text side of zero-shot retrieval."""
+    prompts = []
+    for value in ATTRIBUTES[attribute]:
+        fields = {"shape": SHAPES[0], "colour": COLOURS[0], "count": COUNTS[0], "motion": MOTIONS[0], "seed": 0}
+        prompts.append(caption(Scene(**{**fields, attribute: value}), (attribute,)))
+    return prompts
+
+
 QUESTIONS = {
     "shape": ("What shape is the object?", "What kind of object is this?", "Which object do you see?",
               "What are the objects?"),
