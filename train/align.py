@@ -61,6 +61,7 @@ class PromptContrast:
     attribute like a count slowly without them).
 
     ``labels[i, g]``: which prompt of group ``g`` describes item ``i`` of the task's inputs.
+    ``encode`` is trained only if its parameters are among the task's ``parameters``.
     """
 
     def __init__(self, prompts: torch.Tensor, encode: Encode, labels: torch.Tensor, group_size: int,
