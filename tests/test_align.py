@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from train.align import AlignConfig, PromptContrast, Task, align
+from train.optim import adamw
 from train.toyworld import RandomClip
 
 
@@ -71,3 +72,28 @@ def test_random_clip_gathers_one_clip_of_each_video():
     clips = batch[:, 0, 0, 0, 0]
     assert torch.equal(clips // 5, index)  # each row is a clip of its own video
     assert len(set((clips % 5).tolist())) > 1  # and the clip is drawn, not always the first
+
+
+def test_adamw_is_fused_on_the_cpu_and_steps_like_the_unfused_one():
+    torch.manual_seed(0)
+    weights = [torch.randn(8, 4), torch.randn(4)]
+    grads = [torch.randn_like(w) for w in weights]
+    results = []
+    for make in (lambda ps: adamw([{"params": ps[:1], "weight_decay": 0.1}, {"params": ps[1:], "weight_decay": 0.0}],
+                                  lr=1e-2, betas=(0.9, 0.98)),
+                 lambda ps: torch.optim.AdamW([{"params": ps[:1], "weight_decay": 0.1},
+                                               {"params": ps[1:], "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.98))):
+        params = [nn.Parameter(w.clone()) for w in weights]
+        optimizer = make(params)
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+        results.append(optimizer)
+        results.append([p.detach() for p in params])
+    fused, fused_params, plain, plain_params = results
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for a, b in zip(fused_params, plain_params):
+        assert torch.allclose(a, b, atol=1e-6)
+    meta = adamw([nn.Parameter(torch.empty(3, device="meta"))], lr=1e-3)  # a device without the fused kernel
+    assert not meta.defaults["fused"]

@@ -94,6 +94,25 @@ def test_an_image_equals_its_frame_repeated_as_a_clip(model, inputs):
     assert golden_err(grads[0], grads[1]) <= 1e-5
 
 
+def test_text_runs_only_up_to_the_last_pooled_token(model, inputs):
+    """The causal text trunk skips the padding after the longest caption's end token: the
+    same embeddings as the full context, from a shorter sequence."""
+    tokens = inputs["text"]
+    assert model.text.config.trunk.causal
+    lengths = []
+    hook = model.text.trunk.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            got = model.text(tokens)
+    finally:
+        hook.remove()
+    assert lengths == [int(tokens.argmax(-1).max()) + 1] and lengths[0] < tokens.shape[1]
+    with torch.no_grad():  # the full context, written out
+        x = model.text.trunk(model.text.token_embed(tokens) + model.text.pos_embed)
+        full = model.text.head(x[torch.arange(len(tokens)), tokens.argmax(-1)])
+    assert golden_err(got, full) <= 1e-5
+
+
 def test_original_imagebind_checkpoint_without_point_keys(golden, official_state, inputs):
     """imagebind_huge.pth has no point keys: it loads without the point branch and gives the
     original ImageBind outputs."""

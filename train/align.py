@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .optim import adamw
+
 log = logging.getLogger(__name__)
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
@@ -137,8 +139,8 @@ def align(tasks: Sequence[Task], config: AlignConfig, progress: bool = True,
                 params.append(p)
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+    optimizer = adamw([{"params": decay, "weight_decay": config.weight_decay},
+                       {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
     schedule = lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)) * 0.5 * (  # noqa: E731
         1 + math.cos(math.pi * min(1.0, step / max(1, config.steps))))
     history = []

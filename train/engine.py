@@ -51,6 +51,7 @@ from .data import (
 )
 from .features import FeatureStore, encode_items, precompute
 from .modeling import TrainModule, build, loss_sums, parameter_report, unused_trainables
+from .optim import adamw
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +343,7 @@ def run(config: RunConfig, info: D.DistInfo, *, precompute_only: bool = False, e
     params = dict(module.model.named_parameters())
     trainables = [params[n] for n in names]
     groups = optimizer_groups([(n, params[n]) for n in names], o.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=schedule.base_lr, betas=(o.beta1, o.beta2))
+    optimizer = adamw(groups, lr=schedule.base_lr, betas=(o.beta1, o.beta2))
     scaler = D.grad_scaler(info.device, precision)
     ctx = Context(config, info, precision, wrapped, comps.encoder, feature_dim, ignore, scaler)
     log.info("stage %s: %d processes (%s, %s), device %s, precision %s; global batch %d (%d x %d micro-steps x %d), "

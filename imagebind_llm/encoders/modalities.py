@@ -185,6 +185,15 @@ class TextEncoder(nn.Module):
         if tokens.ndim != 2 or tokens.shape[1] != self.config.context_length:
             raise ValueError(f"text input must be (B, {self.config.context_length}) token ids, "
                              f"got {tuple(tokens.shape)}")
-        x = self.trunk(self.token_embed(tokens) + self.pos_embed)
-        pooled = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        pooled_at = tokens.argmax(dim=-1)
+        if self.config.trunk.causal and not torch.compiler.is_compiling():
+            # Causal attention: no position sees a later one, so the positions after the last
+            # pooled one (padding) change nothing; skipping them is 4-6x less work for short
+            # captions. (Compiled callers keep the fixed shape.)
+            length = int(pooled_at.max()) + 1
+            tokens = tokens[:, :length]
+        else:
+            length = tokens.shape[1]
+        x = self.trunk(self.token_embed(tokens) + self.pos_embed[:, :length])
+        pooled = x[torch.arange(x.shape[0], device=x.device), pooled_at]
         return self.head(pooled)

@@ -100,9 +100,13 @@ def _load_one(args):
 
 
 def load_tensors(folder: str | Path, records: Sequence[dict], modality: str, *, dtype=torch.float16,
-                 options=None, workers: int | None = None, progress: bool = True) -> torch.Tensor:
+                 options=None, workers: int | None = 1, progress: bool = True) -> torch.Tensor:
     """The preprocessed model inputs (N, ...) of one modality, through the real loaders (the
-    same as the app uses), stored as ``dtype`` to save memory (point clouds stay float32)."""
+    same as the app uses), stored as ``dtype`` to save memory (point clouds stay float32).
+
+    In this process by default: loading is light next to sending the tensors back from worker
+    processes. 600 toy-world scenes on 2 cores, in this process against 2 workers: sounds 1.5
+    against 32.5 s, videos 13 against 31 s, images 1.2 against 11.7 s."""
     from ..preprocess import PreprocessOptions
 
     folder = Path(folder)
