@@ -1,10 +1,13 @@
-"""Label-preserving augmentation of image and video batches (the toy world's vision encoder).
+"""Label-preserving augmentation of image, video, depth and thermal batches (the toy world's
+vision encoder, and the depth and thermal encoders bound to it).
 
 The toy vision encoder cuts a 224-pixel image into 32-pixel patches, so an object looks
 different to it depending on where it falls on the patch grid. With a few thousand images it
 learns the training images by heart instead (a supervised probe: 90 % right on them, 69-76 %
 on new ones). Mirroring and shifts by up to half a patch show it every object at many grid
-offsets: with them the held-out probe reached 85-88 % on shape, count and motion.
+offsets: with them the held-out probe reached 85-88 % on shape, count and motion. The depth
+and thermal encoders, bound to the images of only 600 scenes, gain the same way (depth count
+QA 60-62 % without, 74-76 % with).
 
 Every attribute of the toy world (shape, colour, count, motion) survives both: no caption
 says left or right.

@@ -168,6 +168,11 @@ class ImuEncoder(TokenEncoder):
         return self.patch_norm(self.patch_embed(windows.flatten(2)))
 
 
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch 2.3 and later
+    return bool(is_compiling and is_compiling())
+
+
 class TextEncoder(nn.Module):
     """CLIP-style causal text transformer over (B, context_length) token ids; the head pools
     the position of the largest id (the end-of-text token when it is present)."""
@@ -186,7 +191,7 @@ class TextEncoder(nn.Module):
             raise ValueError(f"text input must be (B, {self.config.context_length}) token ids, "
                              f"got {tuple(tokens.shape)}")
         pooled_at = tokens.argmax(dim=-1)
-        if self.config.trunk.causal and not torch.compiler.is_compiling():
+        if self.config.trunk.causal and not _compiling():
             # Causal attention: no position sees a later one, so the positions after the last
             # pooled one (padding) change nothing; skipping them is 4-6x less work for short
             # captions. (Compiled callers keep the fixed shape.)
