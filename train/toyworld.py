@@ -52,7 +52,7 @@ class ToyWorldConfig:
     # more than from their size: 1,500 steps of 32 beat 500 of 96 at about the same cost. Images
     # and videos are mirrored and shifted (train/augment.py); with that, more steps keep helping.
     # Every image is also contrasted with the one-attribute prompts ("Ball.", "Cube.", ...).
-    align_steps: int = 7000
+    align_steps: int = 8000
     align_batch: int = 32
     align_lr: float = 5e-4  # a linear probe read 2e-3's features far worse, 1e-3's 3 points worse
     align_augment: bool = True
