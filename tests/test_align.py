@@ -78,20 +78,19 @@ def test_adamw_is_fused_on_the_cpu_and_steps_like_the_unfused_one():
     torch.manual_seed(0)
     weights = [torch.randn(8, 4), torch.randn(4)]
     grads = [torch.randn_like(w) for w in weights]
-    results = []
-    for make in (lambda ps: adamw([{"params": ps[:1], "weight_decay": 0.1}, {"params": ps[1:], "weight_decay": 0.0}],
-                                  lr=1e-2, betas=(0.9, 0.98)),
-                 lambda ps: torch.optim.AdamW([{"params": ps[:1], "weight_decay": 0.1},
-                                               {"params": ps[1:], "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.98))):
+
+    def three_steps(make):
         params = [nn.Parameter(w.clone()) for w in weights]
-        optimizer = make(params)
+        groups = [{"params": params[:1], "weight_decay": 0.1}, {"params": params[1:], "weight_decay": 0.0}]
+        optimizer = make(groups, lr=1e-2, betas=(0.9, 0.98))
         for _ in range(3):
             for p, g in zip(params, grads):
                 p.grad = g.clone()
             optimizer.step()
-        results.append(optimizer)
-        results.append([p.detach() for p in params])
-    fused, fused_params, plain, plain_params = results
+        return optimizer, [p.detach() for p in params]
+
+    fused, fused_params = three_steps(adamw)
+    plain, plain_params = three_steps(torch.optim.AdamW)
     assert fused.defaults["fused"] and not plain.defaults["fused"]
     for a, b in zip(fused_params, plain_params):
         assert torch.allclose(a, b, atol=1e-6)

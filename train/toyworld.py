@@ -6,8 +6,8 @@ project's preprocessing, and every model is trained with the project's own code:
 1. ``world``      render scenes in every modality (images for all, the other modalities for a subset)
 2. ``vision``     a small ImageBind (``imagebind_toy``): vision + text by contrastive alignment on
                   image-caption pairs (videos tied to their stills; both mirrored and shifted)
-   ``bind``       every other modality aligned to the frozen image embeddings; no modality but
-                  images ever meets text
+   ``bind``       every other modality aligned to the frozen image embeddings (depth and thermal
+                  maps mirrored and shifted); no modality but images ever meets text
 3. ``tokenizer``  SentencePiece on the world's text (LLaMA's special ids, byte fallback)
 4. ``llama``      a small LLaMA language model on the world's text (half of the lines also get a
                   summary of themselves through the injection path: :func:`summary_injections`)
@@ -234,7 +234,7 @@ def step_vision(run: Run) -> dict:
 
     def inputs(name: str, x: torch.Tensor) -> torch.Tensor:
         if c.align_augment and name != "image-text:b":  # every image and video, not the captions
-            x = mirror_and_shift(x, augmentation, c.align_max_shift)  # on the stored float16: half the bytes
+            x = mirror_and_shift(x, augmentation, c.align_max_shift)  # still float16: half the bytes
         return _stored_float(name, x)
 
     prompts = None
