@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import scaled_dot_product_attention
 from .config import AdapterConfig, LlamaConfig
 
 
@@ -126,7 +127,7 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if injection is not None:
             out = out + injection  # the same per-head vector at every position
         out = out.transpose(1, 2).reshape(batch, length, dim)

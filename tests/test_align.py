@@ -96,3 +96,28 @@ def test_adamw_is_fused_on_the_cpu_and_steps_like_the_unfused_one():
         assert torch.allclose(a, b, atol=1e-6)
     meta = adamw([nn.Parameter(torch.empty(3, device="meta"))], lr=1e-3)  # a device without the fused kernel
     assert not meta.defaults["fused"]
+
+
+def test_align_under_bfloat16_autocast_encodes_in_bfloat16_and_learns_like_float32():
+    def run(autocast):
+        torch.manual_seed(0)
+        encoder = nn.Linear(16, 8)
+        dtypes = set()
+
+        def encode(x):
+            out = encoder(x)
+            dtypes.add(out.dtype)
+            return out
+
+        inputs = torch.randn(64, 16)
+        targets = inputs[:, :8] + 0.1 * torch.randn(64, 8)  # a pairing the encoder can learn
+        task = Task("t", encode, inputs, targets, None, list(encoder.parameters()), batch_size=16)
+        history = align([task], AlignConfig(steps=60, lr=1e-2, log_every=59, autocast=autocast), progress=False)
+        return dtypes, encoder.weight.dtype, [r["t"] for r in history]
+
+    dtypes, weights, losses = run(torch.bfloat16)
+    assert dtypes == {torch.bfloat16} and weights == torch.float32  # autocast: float32 weights
+    reference_dtypes, _, reference = run(None)
+    assert reference_dtypes == {torch.float32}
+    assert losses[-1] < 0.5 * losses[0]
+    assert abs(losses[-1] - reference[-1]) < 0.1 * reference[0]

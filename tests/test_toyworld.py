@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from imagebind_llm.prompts import CAPTION_INSTRUCTION, format_prompt
 from imagebind_llm.toyworld import render
@@ -180,6 +181,17 @@ def test_training_command_reads_settings_as_their_types():
                          ("align_steps=many", "expected an integer")):
         with pytest.raises(ValueError, match=message):
             _with_setting(config, bad)
+
+
+def test_training_precision_is_bfloat16_where_the_cpu_has_it():
+    from train.distributed import cpu_has_native_bf16
+    from train.toyworld import ToyWorldConfig, autocast_dtype, main
+
+    assert autocast_dtype(ToyWorldConfig()) == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert autocast_dtype(ToyWorldConfig(precision="fp32")) is None
+    assert autocast_dtype(ToyWorldConfig(precision="bf16")) == torch.bfloat16
+    with pytest.raises(SystemExit):  # refused before any step runs
+        main(["--quick", "--set", "precision=fp16"])
 
 
 def test_training_command_smoke(tmp_path):

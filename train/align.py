@@ -20,6 +20,7 @@ of text prompts (:class:`PromptContrast`, CLIP's zero-shot classifier used as a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -122,6 +123,7 @@ class AlignConfig:
     warmup_steps: int = 50
     seed: int = 0
     log_every: int = 50
+    autocast: torch.dtype | None = None  # e.g. torch.bfloat16: encoders run under CPU autocast
 
 
 def align(tasks: Sequence[Task], config: AlignConfig, progress: bool = True,
@@ -149,6 +151,8 @@ def align(tasks: Sequence[Task], config: AlignConfig, progress: bool = True,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, desc="align " + ",".join(t.name for t in tasks), leave=False)
+    autocast = (contextlib.nullcontext() if config.autocast is None
+                else torch.autocast(params[0].device.type, dtype=config.autocast))
     started = time.perf_counter()
     latest = {}  # each task's last loss (a task with every > 1 skips steps)
     for step in range(config.steps):
@@ -165,14 +169,15 @@ def align(tasks: Sequence[Task], config: AlignConfig, progress: bool = True,
             if transform is not None:
                 a = transform(task.name + ":a", a)
                 b = transform(task.name + ":b", b)
-            embedding_b = b if task.encode_b is None else task.encode_b(b)
             positives = None
             if task.positives is not None:
                 positives = task.positives(index)
             elif task.groups is not None:
                 positives = task.groups[index][:, None] == task.groups[index][None, :]
-            embedding_a = task.encode_a(a)
-            loss = info_nce(embedding_a, embedding_b, task.logit_scale, positives)
+            with autocast:
+                embedding_b = b if task.encode_b is None else task.encode_b(b)
+                embedding_a = task.encode_a(a)
+            loss = info_nce(embedding_a, embedding_b, task.logit_scale, positives)  # in float32, as the prompts' loss
             total = total + task.weight * loss
             losses[task.name] = loss.item()
             if task.prompts is not None:

@@ -129,6 +129,16 @@ class Precision:
         return {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[self.autocast_dtype]
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AVX512-BF16 or AMX), where bfloat16
+    autocast pays off; elsewhere torch emulates bfloat16 and it is slower than float32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu helpers
+    try:
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    except RuntimeError:
+        return False
+
+
 def choose_precision(precision: str, frozen: str, device: torch.device, strategy: str) -> Precision:
     """``auto``: bfloat16 autocast on a GPU that supports it, else float16 + gradient scaler;
     float32 on the CPU. Frozen weights (``auto``) are stored in the autocast dtype with DDP on a

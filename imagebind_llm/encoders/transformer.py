@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import scaled_dot_product_attention
 from ..config import TransformerConfig
 
 
@@ -57,7 +58,7 @@ class Attention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, H, L, D/H)
             return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=self.causal)
+        out = scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=self.causal)
         return self.proj(out.transpose(1, 2).reshape(batch, length, width))
 
 
