@@ -167,11 +167,10 @@ def header_markdown(pipeline: Pipeline) -> str:
             "**image-text pairs only**. It answers about their shape, colour, count and motion in images and "
             "videos, and, through the shared embedding space, in sounds (each object kind has its sound), "
             "depth, thermal, IMU and 3D inputs; try the toy-world examples. It is always right about "
-            "colours and the shape of a point cloud, and with the visual cache about the motion of an IMU "
-            "trace (eight times in ten without); it names the shape, count and motion of an image's "
-            "objects more than nine times in ten (a video's: nine, nine and eight in ten), the shape of a "
-            "sound, depth map or thermal image nine to ten times in ten and the count of the other "
-            "inputs seven to nine times in ten. It knows nothing else. For the "
+            "colours, the shape of a point cloud and the motion of an IMU trace; it names the shape, count "
+            "and motion of an image's objects more than nine times in ten (a video's: nine, nine and eight "
+            "in ten), the shape of a sound, depth map or thermal image nine to ten times in ten and the "
+            "count of the other inputs eight to nine times in ten. It knows nothing else. For the "
             "released 7B model start the app with "
             "`python app.py --preset imagebind-llm-7b --llama /path/to/llama/7B_chinese` (see the README).")
     else:
