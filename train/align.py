@@ -20,7 +20,6 @@ of text prompts (:class:`PromptContrast`, CLIP's zero-shot classifier used as a 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import autocast_context
 from .optim import adamw
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,7 @@ def align(tasks: Sequence[Task], config: AlignConfig, progress: bool = True,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, desc="align " + ",".join(t.name for t in tasks), leave=False)
-    autocast = (contextlib.nullcontext() if config.autocast is None
-                else torch.autocast(params[0].device.type, dtype=config.autocast))
+    autocast = autocast_context(params[0].device.type, config.autocast)
     started = time.perf_counter()
     latest = {}  # each task's last loss (a task with every > 1 skips steps)
     for step in range(config.steps):

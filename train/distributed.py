@@ -158,10 +158,15 @@ def choose_precision(precision: str, frozen: str, device: torch.device, strategy
     return Precision(autocast, frozen_dtype, precision == "fp16")
 
 
-def autocast(device: torch.device, precision: Precision):
-    if precision.autocast_dtype is None:
+def autocast_context(device_type: str, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device_type``; nothing for ``None`` (float32)."""
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=precision.autocast_dtype)
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def autocast(device: torch.device, precision: Precision):
+    return autocast_context(device.type, precision.autocast_dtype)
 
 
 def grad_scaler(device: torch.device, precision: Precision):

@@ -25,7 +25,6 @@ a CPU with bfloat16 instructions, else in float32 (``precision``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -94,16 +93,23 @@ class ToyWorldConfig:
                    finetune_steps=2, stage_batch=4, eval_scenes=3)
 
 
-def autocast_dtype(config: ToyWorldConfig) -> torch.dtype | None:
-    """The training autocast dtype of ``config.precision``."""
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}  # training precision -> autocast dtype
+
+
+def training_precision(config: ToyWorldConfig) -> str:
+    """``config.precision`` with ``auto`` resolved: bf16 where the CPU has bfloat16 instructions."""
     from .distributed import cpu_has_native_bf16
 
-    choices = {"bf16": torch.bfloat16, "fp32": None}
     if config.precision == "auto":
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    if config.precision not in choices:
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be auto, bf16 or fp32, got {config.precision!r}")
-    return choices[config.precision]
+    return config.precision
+
+
+def autocast_dtype(config: ToyWorldConfig) -> torch.dtype | None:
+    """The training autocast dtype of ``config.precision``."""
+    return PRECISIONS[training_precision(config)]
 
 
 class Run:
@@ -380,6 +386,7 @@ def step_llama(run: Run) -> dict:
     from imagebind_llm.tokenizer import Tokenizer
     from imagebind_llm.weights import write_meta_llama
 
+    from .distributed import autocast_context
     from .optim import adamw
 
     c = run.config
@@ -397,8 +404,7 @@ def step_llama(run: Run) -> dict:
     params = [p for n, p in model.named_parameters() if "gate" not in n]
     optimizer = adamw(params, lr=c.lm_lr, betas=(0.9, 0.95), weight_decay=c.lm_weight_decay)
     rng = random.Random(c.seed)
-    dtype = autocast_dtype(c)
-    autocast = contextlib.nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype)
+    autocast = autocast_context("cpu", autocast_dtype(c))
     from tqdm.auto import tqdm
 
     losses = []
@@ -468,7 +474,7 @@ def _stage(run: Run, stage: str) -> dict:
         f"model.llama={run.path('llama', 'toy')}", f"model.tokenizer={run.path('llama', 'tokenizer.model')}",
         f"data.features={features}", "data.num_workers=0", "data.check_media=none", "tensorboard=false",
         f"optim.batch_size={c.stage_batch}", f"seed={c.seed}", "log_interval=50", "save_interval=0",
-        "data.eval_fraction=0", f"precision={'fp32' if autocast_dtype(c) is None else 'bf16'}",
+        "data.eval_fraction=0", f"precision={training_precision(c)}",
     ]
     if stage == "pretrain":
         # a longer warm-up and clipping against early gradient spikes (norms up to 56 were seen
@@ -592,7 +598,7 @@ def main(argv: list[str] | None = None) -> dict:
         except ValueError as error:
             parser.error(f"--set {item}: {error}")
     try:
-        precision = "fp32" if autocast_dtype(config) is None else "bf16"
+        precision = training_precision(config)
     except ValueError as error:
         parser.error(str(error))
     if config.threads:
