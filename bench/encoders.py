@@ -148,7 +148,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_media(folder: Path, kinds: list[str]) -> dict[str, Any]:
-    """Write one realistic input per requested kind into ``folder``; return kind -> item."""
+    """Write one realistic input per requested kind into ``folder``; return kind -> item. A
+    video already in the folder is kept: writing one needs imageio-ffmpeg's ffmpeg, so a folder
+    made here can be carried to a machine without it."""
     import numpy as np
     from PIL import Image
 
@@ -162,7 +164,9 @@ def make_media(folder: Path, kinds: list[str]) -> dict[str, Any]:
         Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(path, quality=90)
         items["image"] = path
     if "video" in kinds:
-        items["video"] = _write_video(folder / "clip.mp4", seconds=10, fps=25, width=320, height=240)
+        video = folder / "clip.mp4"
+        items["video"] = video if video.is_file() else _write_video(video, seconds=10, fps=25, width=320,
+                                                                     height=240)
     if "audio" in kinds:
         items["audio"] = _write_wav(folder / "sound.wav", seconds=10, rate=44100, rng=rng)
     if "text" in kinds:

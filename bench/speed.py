@@ -36,8 +36,12 @@ What is measured (greedy decoding, every row runs its full length):
 * **official** (``--official PATH``, a checkout of OpenGVLab/LLaMA-Adapter or its
   ``imagebind_LLM`` folder): the official ``LLaMA_adapter.generate`` on the same weights
   (converted to its float16 model; its decode loop, ImageBind replaced by the same visual
-  query). CUDA only (the official code hard-codes it) and the 7B shape only (it hard-codes the
-  width 4096); otherwise a note says it was skipped.
+  query; see bench/official.py). CUDA only (the official code hard-codes it) and the 7B shape
+  only (it hard-codes the width 4096); otherwise a note says it was skipped.
+
+The inputs (a JPEG, a video, ...) are written to a temporary folder, or to ``--media DIR``,
+where a video already present is reused (bench/gpu_prepare.sh carries one to machines without
+ffmpeg).
 
 ``main(argv)`` returns the results (the dict ``--json`` writes).
 """
@@ -95,6 +99,10 @@ def parse_args(argv):
     p.add_argument("--official", type=Path, default=None, metavar="PATH",
                    help="LLaMA-Adapter checkout (or its imagebind_LLM folder) for the official generate "
                         "(CUDA)")
+    p.add_argument("--media", type=Path, default=None, metavar="DIR",
+                   help="write the generated inputs here and keep them (default: a temporary folder); "
+                        "a video already there is reused, so a folder made on a machine with ffmpeg can be "
+                        "carried to one without it")
     p.add_argument("--quick", action="store_true", help="a smoke run of seconds (small model, few tokens)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
@@ -196,11 +204,16 @@ def machine(device) -> dict:
 
 
 def build_small(device):
+    """The default preset's ImageBind and language model, without its visual cache (nothing
+    here uses it, and it would need faiss, which a GPU machine may lack)."""
     import torch
 
-    from imagebind_llm.presets import load_preset_pipeline
+    from imagebind_llm import presets
 
-    pipeline = load_preset_pipeline(None, device=device, dtype=torch.float32, base_check=False)
+    if presets.DEFAULT_PRESET == presets.TOYWORLD_PRESET:
+        pipeline = presets.build_toyworld_pipeline(device=device, dtype=torch.float32, visual_cache=False)
+    else:
+        pipeline = presets.load_preset_pipeline(None, device=device, dtype=torch.float32, base_check=False)
     return pipeline.imagebind, pipeline.model.eval(), pipeline.name
 
 
@@ -382,79 +395,25 @@ def encode_table(imagebind, kinds: list[str], items: dict, device, repeats: int)
 
 
 # ---------------------------------------------------------------------------------------------
-# The official generate (CUDA, 7B shape)
+# The official generate (CUDA, 7B shape): bench/official.py
 # ---------------------------------------------------------------------------------------------
 
 
-def official_folder(path: Path) -> Path:
-    for candidate in (path / "imagebind_LLM", path):
-        if (candidate / "llama" / "llama_adapter.py").is_file():
-            return candidate
-    raise FileNotFoundError(f"no llama/llama_adapter.py under {path} or {path / 'imagebind_LLM'}")
-
-
-def official_model(folder: Path, model, max_batch: int):
-    """The official LLaMA_adapter (its Transformer in float16, as the official code builds it)
-    holding ``model``'s weights; ImageBind is not built (forward_visual is replaced per run)."""
-    import importlib
-
-    import torch
-    from torch import nn
-
-    from imagebind_llm.weights import project_to_adapter
-
-    sys.path.insert(0, str(folder))
-    try:
-        adapter_module = importlib.import_module("llama.llama_adapter")
-        llama_module = importlib.import_module("llama.llama")
-    finally:
-        sys.path.remove(str(folder))
-    config = model.config.llama
-    args = llama_module.ModelArgs(dim=config.dim, n_layers=config.n_layers, n_heads=config.n_heads,
-                                  vocab_size=config.vocab_size, multiple_of=config.multiple_of,
-                                  norm_eps=config.norm_eps, max_seq_len=config.max_seq_len,
-                                  max_batch_size=max_batch, w_bias=True, w_lora=True)
-    official = adapter_module.LLaMA_adapter.__new__(adapter_module.LLaMA_adapter)
-    nn.Module.__init__(official)
-    torch.set_default_tensor_type(torch.cuda.HalfTensor)
-    try:
-        official.llama = llama_module.Transformer(args)
-    finally:
-        torch.set_default_tensor_type(torch.FloatTensor)
-    base = {k: v for k, v in model.llama.state_dict().items() if ".lora." not in k and "gate" not in k}
-    official.llama.load_state_dict(base, strict=False)
-    adapter = {k[len("llama."):]: v for k, v in project_to_adapter(model).items() if k.startswith("llama.")}
-    missing = official.llama.load_state_dict(adapter, strict=False)
-    official.query_layer = model.config.adapter.query_layer
-    official.query_len = 1
-    official.prefix_query = nn.Embedding(official.query_layer, config.dim).to(model.device)
-    with torch.no_grad():
-        official.prefix_query.weight.copy_(model.prefix_query.float())
-
-    class _Tokenizer:  # token ids in, token ids out
-        pad_id, eos_id = -1, 2
-
-        def decode(self, ids):
-            return ids
-
-    official.tokenizer = _Tokenizer()
-    official.knn = False
-    del missing
-    return official
-
-
-def official_case(official, model, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
+def official_case(built, model, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
     """Decode tokens/s of the official generate: runs of new_tokens and of 1 token, subtracted."""
+    import official
+
     prompts = random_prompts(model.config.llama.vocab_size, batch, prompt_len, seed=batch)
     query = visual_queries(model, batch, seed=batch).half()
-    official.forward_visual = lambda *args, **kwargs: query
+    tokens = None
 
-    def timed(tokens: int) -> float:
+    def timed(count: int) -> float:
+        nonlocal tokens
         best = float("inf")
         for _ in range(repeats):
             sync(model.device)
             started = time.perf_counter()
-            official.generate({}, prompts, max_gen_len=tokens, temperature=0.0)
+            tokens = official.generate(built, prompts, count, query)
             sync(model.device)
             best = min(best, time.perf_counter() - started)
         return best
@@ -464,7 +423,7 @@ def official_case(official, model, batch: int, prompt_len: int, new_tokens: int,
     total = timed(new_tokens)
     steps = new_tokens - 1
     return {"decoder": "official", "batch": batch, "decode_tok_s": batch * steps / max(total - first, 1e-9),
-            "first_ms": 1e3 * first}
+            "first_ms": 1e3 * first, "tokens": tokens}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,11 +505,11 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
         if args.official is not None:
             cases.append(run_official(args, model, batch, prompt_len, new_tokens, repeats, device, notes,
                                       name))
-        official = next((c for c in cases if c is not None and c["decoder"] == "official"), None)
+        official_row = next((c for c in cases if c is not None and c["decoder"] == "official"), None)
         for case in [c for c in cases if c is not None]:
             case["x_eager"] = case["decode_tok_s"] / baseline["decode_tok_s"]
-            if official is not None:
-                case["x_official"] = case["decode_tok_s"] / official["decode_tok_s"]
+            if official_row is not None:
+                case["x_official"] = case["decode_tok_s"] / official_row["decode_tok_s"]
             if "decode_tok_per_cpu_s" in case:
                 case["x_eager_cpu"] = case["decode_tok_per_cpu_s"] / baseline["decode_tok_per_cpu_s"]
             case["same_tokens"] = case["tokens"] == baseline["tokens"] if "tokens" in case else None
@@ -571,6 +530,9 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
     if cpu:  # on a shared CPU the process's CPU time is steadier than the wall clock
         header += ["tok/cpu-s", "x eager cpu"]
     print(table(header + ["first ms", "peak MiB", "BW %", "same", "compile s"], rows), flush=True)
+    if any(case["decoder"] == "official" for case in result["decode"]):
+        print(f"official: float16 weights under autocast, as its loader builds them; {name} runs in "
+              f"{result['dtype']}, so 'same' compares two roundings of the same weights")
     for case in result["decode"]:
         if "x_official" in case and case["decoder"] != "official":
             print(f"{name} batch {case['batch']}: {case['decoder']} / official generate = "
@@ -606,6 +568,7 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
     print(f"ImageBind encode, batch 1 ({which}):")
     encode_rows = [[name, r["kind"], fmt(r["preprocess_ms"]), fmt(r["encode_ms"])] for r in result["encode"]]
     print(table(["model", "kind", "preprocess ms", "encode ms"], encode_rows), flush=True)
+    _OFFICIAL.clear()
     del model, imagebind
     trim_heap()
     if device.type == "cuda":
@@ -628,11 +591,12 @@ def run_official(args, model, batch, prompt_len, new_tokens, repeats, device, no
             notes.append(note)
         return None
     try:
+        import official
+
         key = (id(model), max(args.batches))
         if _OFFICIAL.get("key") != key:
             _OFFICIAL.clear()
-            built = official_model(official_folder(args.official), model, max(args.batches))
-            _OFFICIAL.update(key=key, model=built)
+            _OFFICIAL.update(key=key, model=official.build(model, args.official, max(args.batches)))
         return official_case(_OFFICIAL["model"], model, batch, prompt_len, new_tokens, repeats)
     except Exception as error:  # noqa: BLE001 - the official code is outside this project
         notes.append(f"[{name}] official generate failed at batch {batch}: {type(error).__name__}: {error}")
@@ -660,9 +624,11 @@ def main(argv=None) -> dict:
     from encoders import make_media
 
     results = []
-    with tempfile.TemporaryDirectory() as folder:
+    with contextlib.ExitStack() as stack:
+        folder = args.media or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        folder.mkdir(parents=True, exist_ok=True)
         wanted = ["image", "text"] if args.quick else list(_all_kinds())
-        media = make_media(Path(folder), wanted)
+        media = make_media(folder, wanted)
         for name in args.models:
             results.append(bench_model(name, args, device, bandwidth, media, notes))
     for note in notes:

@@ -495,8 +495,9 @@ def verify_manifest(folder: Path) -> dict[str, Path]:
 
 
 def pipeline_from_folder(files: dict, *, device="cpu", dtype=None, preprocess=None, name: str = TOYWORLD_PRESET,
-                         **memory):
-    """A Pipeline from the files of a toy-world-style model folder (roles of :data:`TOYWORLD_FILES`)."""
+                         visual_cache: bool = True, **memory):
+    """A Pipeline from the files of a toy-world-style model folder (roles of :data:`TOYWORLD_FILES`);
+    ``visual_cache=False`` leaves its cache index out (then faiss is not needed)."""
     import torch
 
     from .pipeline import Pipeline
@@ -504,11 +505,11 @@ def pipeline_from_folder(files: dict, *, device="cpu", dtype=None, preprocess=No
     return Pipeline.from_paths(
         imagebind=files["imagebind.pth"], imagebind_config=_config_file(files["imagebind.json"]),
         llama=Path(files["llama/params.json"]).parent, adapter=files["adapter.pth"],
-        tokenizer=files["tokenizer.model"], cache=files["knn.index"], device=device,
+        tokenizer=files["tokenizer.model"], cache=files["knn.index"] if visual_cache else None, device=device,
         dtype=dtype or torch.float32, preprocess=preprocess, name=name, **memory)
 
 
-def build_toyworld_pipeline(*, device="cpu", dtype=None, preprocess=None, **memory):
+def build_toyworld_pipeline(*, device="cpu", dtype=None, preprocess=None, visual_cache: bool = True, **memory):
     """The shipped toy-world model, checksums verified (``memory``: see :func:`load_preset_pipeline`)."""
     return pipeline_from_folder(verify_manifest(TOYWORLD_DIR), device=device, dtype=dtype, preprocess=preprocess,
-                                **memory)
+                                visual_cache=visual_cache, **memory)

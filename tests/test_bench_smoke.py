@@ -33,3 +33,12 @@ def test_quick_run_prints_rows(capsys, tmp_path):
         (k, d) for k in ("image", "text") for d in ("float32", "bfloat16")}
     assert all(r["items_per_s"] > 0 and r["skipped"] is None for r in results["encode"])
     assert all(r["bf16_ratio"] > 0 for r in results["encode"] if r["dtype"] == "bfloat16")
+
+
+def test_make_media_keeps_a_video_already_there(tmp_path):
+    # a machine without ffmpeg uses a video written elsewhere (bench/gpu_prepare.sh)
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"a video made elsewhere")
+    items = load_bench().make_media(tmp_path, ["video", "image"])
+    assert items["video"] == video and video.read_bytes() == b"a video made elsewhere"
+    assert items["image"].is_file()

@@ -268,7 +268,8 @@ def test_cli_has_the_decoder_flag():
 def test_bench_speed_quick_prints_its_tables(tmp_path):
     out = tmp_path / "speed.json"
     command = [sys.executable, str(ROOT / "bench" / "speed.py"), "--quick", "--threads", "1",
-               "--batches", "1", "--new-tokens", "3", "--encode-kinds", "text", "--json", str(out)]
+               "--batches", "1", "--new-tokens", "3", "--encode-kinds", "text", "--json", str(out),
+               "--media", str(tmp_path / "media"), "--official", str(tmp_path)]
     run = subprocess.run(command,
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -276,7 +277,9 @@ def test_bench_speed_quick_prints_its_tables(tmp_path):
     assert "decode tok/s" in printed and "x eager" in printed and "TTFT ms" in printed, printed
     for decoder in ("eager", "static"):
         assert re.search(rf"^small\s+1\s+{decoder}\s+[0-9.]+\s", printed, re.MULTILINE), printed
-    assert "memory bandwidth" in printed and "official generate not measured" in printed
+    assert "memory bandwidth" in printed
+    assert "official generate skipped: the official code hard-codes CUDA" in printed
+    assert (tmp_path / "media" / "photo.jpg").is_file()  # --media keeps the inputs
     saved = json.loads(out.read_text())
     rows = saved["models"][0]["decode"]
     assert {r["decoder"] for r in rows} == {"eager", "static"}

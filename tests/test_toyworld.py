@@ -248,6 +248,15 @@ def test_shipped_model_files_match_their_checksums(shipped):
     assert sum(f["bytes"] for f in manifest["files"].values()) <= 30 * 2**20  # the budget
 
 
+def test_the_shipped_model_loads_without_its_visual_cache(shipped):
+    from imagebind_llm.presets import build_toyworld_pipeline
+
+    assert shipped.cache is not None
+    bare = build_toyworld_pipeline(visual_cache=False)  # no faiss needed (bench/speed.py on a bare GPU image)
+    assert bare.cache is None
+    torch.testing.assert_close(bare.model.prefix_query, shipped.model.prefix_query)
+
+
 def test_the_mixed_description_has_room_for_two_scenes(shipped):
     # A mix is scored on whether its description names both objects: the generation window must
     # hold the longest description of two scenes (it once held 12 tokens, about one scene).
