@@ -210,10 +210,11 @@ def build_small(device):
 
     from imagebind_llm import presets
 
-    if presets.DEFAULT_PRESET == presets.TOYWORLD_PRESET:
-        pipeline = presets.build_toyworld_pipeline(device=device, dtype=torch.float32, visual_cache=False)
+    if presets.DEFAULT_PRESET == presets.TOYWORLD_PRESET:  # LoRA merged later (see bench_model)
+        pipeline = presets.build_toyworld_pipeline(device=device, dtype=torch.float32, visual_cache=False,
+                                                   merge_lora=False)
     else:
-        pipeline = presets.load_preset_pipeline(None, device=device, dtype=torch.float32, base_check=False)
+        pipeline = presets.build_untrained_pipeline(device=device, dtype=torch.float32)
     return pipeline.imagebind, pipeline.model.eval(), pipeline.name
 
 
@@ -490,11 +491,40 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
           f"built in {result['build_s']:.1f} s; "
           f"decode: prompt {prompt_len} tokens, {new_tokens} new tokens, best of {repeats}", flush=True)
 
+    # LoRA folded into the weights, as pipelines load models (Pipeline.merge_lora). The official
+    # model is built first (it reads the LoRA tensors). The static decoder is timed on a copy
+    # with the LoRA apart too, alternating with the merged model so that neither gets the
+    # first, colder runs.
+    if args.official is not None:
+        official_model(args, model, device, notes, name)
+    apart = {}
+    if not slow and "static" in decoders:
+        import copy
+
+        merged = copy.deepcopy(model)
+        merged.llama.merge_lora_()
+        for batch in args.batches:
+            runs = {"apart": [], "merged": []}
+            for _ in range(2):
+                for label, which in (("apart", model), ("merged", merged)):
+                    runs[label].append(decode_case(which, "static", batch, prompt_len, new_tokens, repeats,
+                                                   warmup=True))
+            best = {label: max(cases, key=lambda c: c["decode_tok_s"]) for label, cases in runs.items()}
+            best["apart"]["decoder"] = "static, LoRA apart"
+            best["apart"]["x_merged"] = best["merged"]["decode_tok_s"] / best["apart"]["decode_tok_s"]
+            apart[batch] = best["apart"]
+        del merged
+    result["lora_merged"] = model.llama.merge_lora_()
+    if result["lora_merged"]:
+        result["weight_bytes"] = weight_bytes(model)
+        print(f"LoRA merged into {result['lora_merged']} projections: "
+              f"{result['weight_bytes'] / 2**20:.1f} MiB of weights read per step (BW %)", flush=True)
+
     # decode tokens/s
     rows = []
     for batch in args.batches:
         baseline = decode_case(model, "eager", batch, prompt_len, new_tokens, repeats, warmup=not slow)
-        cases = [baseline]
+        cases = [baseline] + ([apart[batch]] if batch in apart else [])
         for kind in decoders:
             # the same warm-up as the baseline; compiling (the compiled decoder's first call) is never timed
             try:
@@ -533,6 +563,9 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
     if any(case["decoder"] == "official" for case in result["decode"]):
         print(f"official: float16 weights under autocast, as its loader builds them; {name} runs in "
               f"{result['dtype']}, so 'same' compares two roundings of the same weights")
+    for batch, case in apart.items():
+        print(f"{name} batch {batch}: static decoder, LoRA merged / apart = {case['x_merged']:.2f}x "
+              "(alternating runs)")
     for case in result["decode"]:
         if "x_official" in case and case["decoder"] != "official":
             print(f"{name} batch {case['batch']}: {case['decoder']} / official generate = "
@@ -580,6 +613,19 @@ _OFFICIAL: dict = {}
 
 
 def run_official(args, model, batch, prompt_len, new_tokens, repeats, device, notes, name):
+    built = official_model(args, model, device, notes, name)
+    if built is None:
+        return None
+    try:
+        return official_case(built, model, batch, prompt_len, new_tokens, repeats)
+    except Exception as error:  # noqa: BLE001 - the official code is outside this project
+        notes.append(f"[{name}] official generate failed at batch {batch}: {type(error).__name__}: {error}")
+        return None
+
+
+def official_model(args, model, device, notes, name):
+    """The official model holding ``model``'s weights, built once per model (None, with a note,
+    where it cannot run)."""
     reason = None
     if device.type != "cuda":
         reason = "the official code hard-codes CUDA"
@@ -590,17 +636,17 @@ def run_official(args, model, batch, prompt_len, new_tokens, repeats, device, no
         if note not in notes:
             notes.append(note)
         return None
-    try:
-        import official
+    key = (id(model), max(args.batches))
+    if _OFFICIAL.get("key") != key:
+        _OFFICIAL.clear()
+        try:
+            import official
 
-        key = (id(model), max(args.batches))
-        if _OFFICIAL.get("key") != key:
-            _OFFICIAL.clear()
             _OFFICIAL.update(key=key, model=official.build(model, args.official, max(args.batches)))
-        return official_case(_OFFICIAL["model"], model, batch, prompt_len, new_tokens, repeats)
-    except Exception as error:  # noqa: BLE001 - the official code is outside this project
-        notes.append(f"[{name}] official generate failed at batch {batch}: {type(error).__name__}: {error}")
-        return None
+        except Exception as error:  # noqa: BLE001 - the official code is outside this project
+            _OFFICIAL.update(key=key, model=None)
+            notes.append(f"[{name}] official model could not be built: {type(error).__name__}: {error}")
+    return _OFFICIAL["model"]
 
 
 def main(argv=None) -> dict:

@@ -122,7 +122,7 @@ def _linear(module, x: torch.Tensor) -> torch.Tensor:
 def _project(block, name: str, x: torch.Tensor) -> torch.Tensor:
     """``Attention._project`` / ``FeedForward._project``: the frozen linear plus its LoRA."""
     out = _linear(getattr(block, name), x)
-    if block.lora is None:
+    if block.lora is None or name not in block.lora:  # no LoRA, or merged into the weight
         return out
     lora = block.lora[name]
     if type(lora) is LoRA:

@@ -50,6 +50,32 @@ class LoRA(nn.Module):
         return self.up(self.down(x))
 
 
+def merge_lora_(block: nn.Module, keep: tuple[str, ...] = ()) -> int:
+    """Fold the LoRA updates of an Attention or FeedForward block into its frozen linears, for
+    inference: ``W + up @ down``, summed in float32 and stored in W's dtype (a new tensor, so a
+    memory-mapped checkpoint is not written to). One matrix product per projection instead of
+    three. Projections named in ``keep``, and those whose linear is not a plain ``nn.Linear``
+    (the int8/int4 layers keep their update in full precision), stay unmerged. Returns how many
+    were merged."""
+    if block.lora is None:
+        return 0
+    merged = 0
+    with torch.no_grad():
+        for name in list(block.lora):
+            base = getattr(block, name)
+            if name in keep or type(base) is not nn.Linear:
+                continue
+            lora = block.lora[name]
+            delta = lora.up.weight.float() @ lora.down.weight.float()
+            base.weight = nn.Parameter((base.weight.float() + delta.to(base.weight.device)).to(base.weight.dtype),
+                                       requires_grad=False)
+            del block.lora[name]
+            merged += 1
+    if not len(block.lora):
+        block.lora = None
+    return merged
+
+
 def rotary_tables(config: LlamaConfig, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (length, head_dim / 2) in float32 for positions 0..length-1."""
     half = config.head_dim // 2
@@ -106,7 +132,7 @@ class Attention(nn.Module):
 
     def _project(self, name: str, x: torch.Tensor) -> torch.Tensor:
         out = getattr(self, name)(x)
-        return out if self.lora is None else out + self.lora[name](x)
+        return out if self.lora is None or name not in self.lora else out + self.lora[name](x)
 
     def adapter_values(self, adapter: torch.Tensor) -> torch.Tensor:
         """wv(adapter) per head, ungated: (B, 1, dim) -> (B, H, 1, head_dim). Base wv only."""
@@ -150,7 +176,7 @@ class FeedForward(nn.Module):
 
     def _project(self, name: str, x: torch.Tensor) -> torch.Tensor:
         out = getattr(self, name)(x)
-        return out if self.lora is None else out + self.lora[name](x)
+        return out if self.lora is None or name not in self.lora else out + self.lora[name](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._project("w2", F.silu(self._project("w1", x)) * self._project("w3", x))
@@ -179,6 +205,19 @@ class Llama(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self._rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.lora_merged = False  # merge_lora_() folded LoRA into the weights (inference only)
+
+    def merge_lora_(self) -> int:
+        """Fold the LoRA updates into the frozen weights for inference (:func:`merge_lora_`),
+        except ``wv``'s: the injection reads the base ``wv`` alone (as the official model does)
+        while the tokens read ``wv`` plus its update, so that one stays separate and both stay
+        exact. The model can no longer be trained or saved as an adapter afterwards. Returns
+        the number of projections merged."""
+        merged = 0
+        for layer in self.layers:
+            merged += merge_lora_(layer.attention, keep=("wv",)) + merge_lora_(layer.feed_forward)
+        self.lora_merged = self.lora_merged or merged > 0
+        return merged
 
     @property
     def injected_layers(self) -> range:

@@ -121,14 +121,17 @@ class Pipeline:
                    dtype: torch.dtype = torch.float32, imagebind_dtype: torch.dtype | None = None,
                    preprocess: PreprocessOptions | None = None, name: str = "custom",
                    quantize: str | None = None, lazy: bool = False,
-                   offload_encoders: bool = False, decoder: str | None = None) -> "Pipeline":
+                   offload_encoders: bool = False, decoder: str | None = None,
+                   merge_lora: bool = True) -> "Pipeline":
         """Load every part from local files, logging what is loaded and how long it took.
 
         Memory options (README "Memory"): ``quantize`` 'int8'/'int4' for the LLaMA projections
         (``dtype`` is then the activation dtype), ``imagebind_dtype`` for the encoders,
         ``lazy`` reads each encoder from the checkpoint on first use, ``offload_encoders`` keeps
         the encoders in CPU memory and moves each to ``device`` only while it encodes (nothing
-        to do on a CPU). ``decoder``: see :meth:`set_decoder`."""
+        to do on a CPU). ``decoder``: see :meth:`set_decoder`. ``merge_lora``: fold the LoRA
+        updates into the weights (:meth:`merge_lora`; False keeps the model trainable and
+        savable as an adapter)."""
         from .fast_decode import check_decoder
         from .lowmem import enable_offload
 
@@ -148,7 +151,20 @@ class Pipeline:
         log.info("LLaMA %s + adapter %s loaded in %.1f s", llama, adapter, time.perf_counter() - step)
         visual_cache = VisualCache.load(cache) if cache else None
         log.info("pipeline %r ready in %.1f s", name, time.perf_counter() - started)
-        return cls(encoder, model, tok, visual_cache, preprocess, name=name).set_decoder(decoder)
+        pipeline = cls(encoder, model, tok, visual_cache, preprocess, name=name)
+        if merge_lora:
+            pipeline.merge_lora()
+        return pipeline.set_decoder(decoder)
+
+    def merge_lora(self) -> "Pipeline":
+        """Fold the adapter's LoRA updates into the language model's frozen weights
+        (:meth:`~imagebind_llm.llama.Llama.merge_lora_`): the same answers with one matrix product
+        per projection instead of three. Quantised projections keep their update separate.
+        Irreversible: the model cannot be trained or saved as an adapter afterwards."""
+        merged = self.model.llama.merge_lora_()
+        if merged:
+            log.info("LoRA merged into %d projections for inference", merged)
+        return self
 
     # ----------------------------------------------------------------------------- features
 

@@ -406,7 +406,7 @@ def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype,
         from .lowmem import apply_memory_options
 
         return apply_memory_options(build_untrained_pipeline(device=device, dtype=dtype, preprocess=preprocess),
-                                    device=device, **memory)
+                                    device=device, **memory).merge_lora()
     from .sanity import attach_probe
 
     if name == TOYWORLD_PRESET:

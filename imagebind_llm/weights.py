@@ -118,6 +118,9 @@ def adapter_to_project(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def project_to_adapter(model: torch.nn.Module) -> OrderedDict[str, torch.Tensor]:
     """The official adapter dict (what ``{'model': ...}`` of 7B.pth holds) of a model."""
+    if getattr(getattr(model, "llama", None), "lora_merged", False):
+        raise ValueError("this model's LoRA updates were merged into its weights for inference "
+                         "(Pipeline.merge_lora): its adapter cannot be saved; load the model without merging")
     return OrderedDict(
         (project_to_adapter_key(k), v) for k, v in model.state_dict().items() if is_adapter_key(k))
 

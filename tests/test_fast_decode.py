@@ -282,8 +282,10 @@ def test_bench_speed_quick_prints_its_tables(tmp_path):
     assert (tmp_path / "media" / "photo.jpg").is_file()  # --media keeps the inputs
     saved = json.loads(out.read_text())
     rows = saved["models"][0]["decode"]
-    assert {r["decoder"] for r in rows} == {"eager", "static"}
-    assert all(r["decode_tok_s"] > 0 and r["same_tokens"] for r in rows)
+    assert {r["decoder"] for r in rows} == {"eager", "static", "static, LoRA apart"}
+    assert all(r["decode_tok_s"] > 0 and r["same_tokens"] for r in rows)  # merged or not, the same tokens
+    assert saved["models"][0]["lora_merged"] > 0
+    assert re.search(r"^small batch 1: static decoder, LoRA merged / apart = [0-9.]+x", printed, re.MULTILINE)
 
 
 def test_modules_with_hooks_are_called(model):
