@@ -41,6 +41,15 @@ def parse_input(kind: str, text: str):
     return Media(kind, value, weight, name=value if kind != "text" else None)
 
 
+def _threads_argument(value: str):
+    from .threads import parse_threads
+
+    try:
+        return parse_threads(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, language_model: bool = True) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--preset", help="a named preset (see --list-presets)")
@@ -62,6 +71,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, language_model: bool = 
                                 "Default: $IMAGEBIND_LLM_DECODER, else static on a CPU and eager on a GPU "
                                 "(imagebind_llm/fast_decode.py)")
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    if language_model:
+        group.add_argument("--threads", type=_threads_argument, default="auto", metavar="N|auto",
+                           help="CPU threads for PyTorch: a number, or auto (default): the fewest that answer "
+                                "as fast as PyTorch's default, timed at start on a CPU (imagebind_llm/threads.py)")
     group.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     group.add_argument("--mode", choices=("corrected", "official"), default="corrected",
@@ -104,6 +117,15 @@ def memory_options(args) -> dict:
 
 
 def load_pipeline(args):
+    """The pipeline the model flags name, with PyTorch's thread count set (``--threads``)."""
+    from .threads import apply_threads
+
+    pipeline = _load_pipeline(args)
+    apply_threads(pipeline, getattr(args, "threads", "auto"))
+    return pipeline
+
+
+def _load_pipeline(args):
     from .pipeline import Pipeline
     from .preprocess import PreprocessOptions
 

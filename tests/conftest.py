@@ -73,3 +73,15 @@ def golden_media_files(golden: Path) -> dict[str, str]:
     for path in sorted((golden / "preprocess" / "files").iterdir()):
         found.setdefault(guess_kind(path), str(path))
     return found
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Loading a pipeline through the CLI or the app sets PyTorch's thread count (--threads auto,
+    imagebind_llm/threads.py); it is process-wide, so each test gets back the count it started with."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)

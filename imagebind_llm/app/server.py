@@ -45,6 +45,7 @@ ENVIRONMENT = {
     "batch_decoding": "IMAGEBIND_LLM_BATCH_DECODING",
     "stream_interval": "IMAGEBIND_LLM_STREAM_INTERVAL",
     "decoder": "IMAGEBIND_LLM_DECODER",
+    "threads": "IMAGEBIND_LLM_THREADS",
 }
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

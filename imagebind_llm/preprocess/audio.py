@@ -801,7 +801,7 @@ def _clips_of_segments(parts: list[tuple[int, torch.Tensor]], num_samples: int, 
         first, part = next((a, t) for a, t in parts if a <= start and stop <= a + t.shape[1])
         if options.mode == "official":
             view = part[:, start - first:stop - first]
-            view -= view.mean()
+            view -= view.contiguous().mean()  # the same memory layout in the windowed and whole paths
             clips.append(_melspec(view[0], options, name))
         else:
             clip = part[0, start - first:stop - first].clone()
