@@ -498,7 +498,11 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
     if args.official is not None:
         official_model(args, model, device, notes, name)
     apart = {}
-    if not slow and "static" in decoders:
+    free = free_memory_bytes(device)
+    if not slow and "static" in decoders and free is not None and free < 1.2 * weight_bytes(model):
+        notes.append(f"[{name}] static decoder with LoRA apart not timed: a copy of the model does not fit "
+                     f"the free memory ({free / 1e9:.1f} GB)")
+    elif not slow and "static" in decoders:
         import copy
 
         merged = copy.deepcopy(model)

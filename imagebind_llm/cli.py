@@ -73,8 +73,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, language_model: bool = 
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     if language_model:
         group.add_argument("--threads", type=_threads_argument, default="auto", metavar="N|auto",
-                           help="CPU threads for PyTorch: a number, or auto (default): the fewest that answer "
-                                "as fast as PyTorch's default, timed at start on a CPU (imagebind_llm/threads.py)")
+                           help="CPU threads for PyTorch: a number, or auto (default): the fewest that "
+                                "answer about as fast as PyTorch's default, timed at start on a CPU "
+                                "(imagebind_llm/threads.py)")
     group.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     group.add_argument("--mode", choices=("corrected", "official"), default="corrected",

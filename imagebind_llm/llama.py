@@ -66,9 +66,9 @@ def merge_lora_(block: nn.Module, keep: tuple[str, ...] = ()) -> int:
             if name in keep or type(base) is not nn.Linear:
                 continue
             lora = block.lora[name]
-            delta = lora.up.weight.float() @ lora.down.weight.float()
-            base.weight = nn.Parameter((base.weight.float() + delta.to(base.weight.device)).to(base.weight.dtype),
-                                       requires_grad=False)
+            delta = (lora.up.weight.float() @ lora.down.weight.float()).to(base.weight.device)
+            merged_weight = (base.weight.float() + delta).to(base.weight.dtype)
+            base.weight = nn.Parameter(merged_weight, requires_grad=False)
             del block.lora[name]
             merged += 1
     if not len(block.lora):

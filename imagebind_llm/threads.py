@@ -5,13 +5,15 @@ that to pay: on 2 cores the toy-world model answered a question in the same wall
 thread as with two (7.2 against 7.5 ms) and in half the CPU time (7.3 against 14.5 ms). In the
 app, where several users' requests share the machine, that CPU is taken from the others.
 
-``auto`` (the default of ``--threads``) times a short greedy answer and an image encoding with
-each candidate count (one thread and PyTorch's default) and keeps the fewest threads within
-``tolerance`` (25 %) of the fastest: threads that do not buy a quarter of the speed are not
-worth their CPU time when users share the machine (the toy-world model: 13.0 ms with one
-thread, 11.4 with two, so one), while a model whose operations gain from threads keeps them. It is measured on a CPU only (elsewhere the default stays) and only for models whose
-language-model weights are under :data:`PROBE_MAX_BYTES`: a 7B model's probe would take
-seconds per thread count, and such operations are large enough to share.
+``auto`` (the default of ``--threads``; the app also reads ``IMAGEBIND_LLM_THREADS``) times a
+short greedy answer and an image encoding with each candidate count (one thread and PyTorch's
+default) and keeps the fewest threads within ``tolerance`` (25 %) of the fastest: threads that
+do not buy a quarter of the speed are not worth their CPU time when users share the machine
+(the toy-world model: 13.0 ms with one thread, 11.4 with two, so one), while a model whose
+operations gain from threads keeps them. It is measured on a CPU only (elsewhere the default
+stays) and only for models whose language-model weights are under :data:`PROBE_MAX_BYTES`: a
+7B model's probe would take seconds per thread count, and such operations are large enough to
+share.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: The environment variable the app reads for ``--threads``.
-THREADS_ENV = "IMAGEBIND_LLM_THREADS"
 #: Models with more language-model weight bytes than this keep PyTorch's default under ``auto``.
 PROBE_MAX_BYTES = 1 << 30
 
@@ -52,7 +52,8 @@ def _probe_seconds(pipeline, steps: int) -> float:
     vocab = model.config.llama.vocab_size
     prompt = [1] + torch.randint(3, vocab, (23,), generator=torch.Generator().manual_seed(0)).tolist()
     size = imagebind.config.vision.image_size
-    image = torch.rand(1, imagebind.config.vision.channels, size, size, generator=torch.Generator().manual_seed(0))
+    image = torch.rand(1, imagebind.config.vision.channels, size, size,
+                       generator=torch.Generator().manual_seed(0))
     config = GenerationConfig(max_new_tokens=steps, temperature=0.0)
     started = time.perf_counter()
     with torch.inference_mode():
@@ -95,11 +96,13 @@ def apply_threads(pipeline, setting: str | int | None) -> int:
     if pipeline.model.device.type != "cpu" or torch.get_num_threads() == 1:
         return torch.get_num_threads()
     if language_model_bytes(pipeline) > PROBE_MAX_BYTES:
-        log.info("PyTorch threads: %d (the default; the model is too large to time cheaply)", torch.get_num_threads())
+        log.info("PyTorch threads: %d (the default; the model is too large to time cheaply)",
+                 torch.get_num_threads())
         return torch.get_num_threads()
     started = time.perf_counter()
     chosen, timings = choose_threads(pipeline)
-    log.info("PyTorch threads: %d (auto: %s per answer and image; measured in %.1f s)", chosen,
-             ", ".join(f"{count} thread{'s' if count > 1 else ''} {1e3 * s:.1f} ms" for count, s in timings.items()),
+    measured = ", ".join(f"{count} thread{'s' if count > 1 else ''} {1e3 * seconds:.1f} ms"
+                         for count, seconds in timings.items())
+    log.info("PyTorch threads: %d (auto: %s per answer and image; measured in %.1f s)", chosen, measured,
              time.perf_counter() - started)
     return chosen

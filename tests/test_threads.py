@@ -21,8 +21,8 @@ def pipeline():
     return build_untrained_pipeline()
 
 
-@pytest.mark.parametrize("value, expected", [(None, "auto"), ("", "auto"), ("auto", "auto"), (" AUTO ", "auto"),
-                                             ("1", 1), ("4", 4), (3, 3)])
+@pytest.mark.parametrize("value, expected", [(None, "auto"), ("", "auto"), ("auto", "auto"),
+                                             (" AUTO ", "auto"), ("1", 1), ("4", 4), (3, 3)])
 def test_parse(value, expected):
     assert threads.parse_threads(value) == expected
 
@@ -33,10 +33,11 @@ def test_bad_values_are_named(value):
         threads.parse_threads(value)
 
 
-@pytest.mark.parametrize("times, expected", [({1: 0.0130, 2: 0.0114}, 1),   # 14 % faster: not worth a thread
+@pytest.mark.parametrize("times, expected", [({1: 0.0130, 2: 0.0114}, 1),  # 14 % faster: not worth it
                                               ({1: 0.0200, 2: 0.0100}, 2),   # twice as fast: kept
                                               ({1: 0.0100, 2: 0.0120}, 1)])
-def test_auto_keeps_the_fewest_threads_within_a_quarter_of_the_fastest(pipeline, monkeypatch, times, expected):
+def test_auto_keeps_the_fewest_threads_within_a_quarter_of_the_fastest(pipeline, monkeypatch, times,
+                                                                        expected):
     monkeypatch.setattr(threads, "_probe_seconds", lambda p, steps: times[torch.get_num_threads()])
     chosen, timings = threads.choose_threads(pipeline, candidates=[1, 2])
     assert chosen == expected and torch.get_num_threads() == expected
