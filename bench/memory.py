@@ -478,8 +478,11 @@ def print_computed(c: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def agreement(device, questions: int, new_tokens: int, modes=("int8", "int4", "float32")) -> dict:
-    """Greedy answers of the default model in each mode vs bfloat16, on the same features."""
+def agreement(device, questions: int, new_tokens: int,
+              modes=("int8", "int4", "float32", "lora-apart")) -> dict:
+    """Greedy answers of the default model in each mode vs bfloat16, on the same features.
+    ``lora-apart``: bfloat16 with the LoRA updates kept apart, where pipelines fold them into the
+    weights (one more bfloat16 rounding of the weights)."""
     import torch
 
     from imagebind_llm.embedding import Media
@@ -507,6 +510,8 @@ def agreement(device, questions: int, new_tokens: int, modes=("int8", "int4", "f
             continue
         if mode == "float32":
             other = load_preset_pipeline(None, device=device, dtype=torch.float32)
+        elif mode == "lora-apart":
+            other = load_preset_pipeline(None, device=device, dtype=torch.bfloat16, merge_lora=False)
         else:
             other = load_preset_pipeline(None, device=device, dtype=torch.bfloat16, quantize=mode)
         got = answers(other)

@@ -159,8 +159,11 @@ class Pipeline:
     def merge_lora(self) -> "Pipeline":
         """Fold the adapter's LoRA updates into the language model's frozen weights
         (:meth:`~imagebind_llm.llama.Llama.merge_lora_`): the same answers with one matrix product
-        per projection instead of three. Quantised projections keep their update separate.
-        Irreversible: the model cannot be trained or saved as an adapter afterwards."""
+        per projection instead of three (float32: equal to about 1e-7; bfloat16/float16: each
+        weight is rounded once more, and the default model's answers stayed the same, see
+        bench/memory.py). Quantised projections keep their update separate. Irreversible: the
+        model cannot be trained or saved as an adapter afterwards (load with
+        ``merge_lora=False`` for that)."""
         merged = self.model.llama.merge_lora_()
         if merged:
             log.info("LoRA merged into %d projections for inference", merged)

@@ -378,23 +378,25 @@ def build_untrained_pipeline(seed: int = 0, *, device="cpu", dtype=None, preproc
 
 def load_preset_pipeline(name: str | None = None, *, llama=None, overrides=None, cache_index: bool = True,
                          device="cpu", dtype=None, preprocess=None, base_check: bool = True,
-                         decoder: str | None = None, **memory):
+                         decoder: str | None = None, merge_lora: bool = True, **memory):
     """A ready :class:`~imagebind_llm.pipeline.Pipeline` for a preset name (default
     :data:`DEFAULT_PRESET`). Released presets need ``llama``, the base LLaMA folder (see
     ``preset.llama_requirement``); their files are resolved (downloaded) by :mod:`.hub`.
     ``memory``: ``quantize``, ``imagebind_dtype``, ``lazy``, ``offload_encoders`` (see
     :meth:`~imagebind_llm.pipeline.Pipeline.from_paths`). ``base_check``: run the preset's
     base-model check (:mod:`imagebind_llm.sanity`) before the first answer, if it has one.
-    ``decoder``: how answers are decoded (:meth:`~imagebind_llm.pipeline.Pipeline.set_decoder`)."""
+    ``decoder``: how answers are decoded (:meth:`~imagebind_llm.pipeline.Pipeline.set_decoder`).
+    ``merge_lora``: fold the LoRA updates into the weights (:meth:`~imagebind_llm.pipeline.Pipeline.merge_lora`)."""
     from .fast_decode import check_decoder
 
     check_decoder(decoder)
     return _load_preset_pipeline(name, llama=llama, overrides=overrides, cache_index=cache_index, device=device,
                                  dtype=dtype, preprocess=preprocess, base_check=base_check,
-                                 **memory).set_decoder(decoder)
+                                 merge_lora=merge_lora, **memory).set_decoder(decoder)
 
 
-def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype, preprocess, base_check, **memory):
+def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype, preprocess, base_check, merge_lora,
+                          **memory):
     import torch
 
     from .errors import CheckpointError
@@ -405,13 +407,14 @@ def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype,
     if name == UNTRAINED_PRESET:
         from .lowmem import apply_memory_options
 
-        return apply_memory_options(build_untrained_pipeline(device=device, dtype=dtype, preprocess=preprocess),
-                                    device=device, **memory).merge_lora()
+        pipeline = apply_memory_options(build_untrained_pipeline(device=device, dtype=dtype, preprocess=preprocess),
+                                        device=device, **memory)
+        return pipeline.merge_lora() if merge_lora else pipeline
     from .sanity import attach_probe
 
     if name == TOYWORLD_PRESET:
-        return attach_probe(build_toyworld_pipeline(device=device, dtype=dtype, preprocess=preprocess, **memory),
-                            name, base_check)
+        return attach_probe(build_toyworld_pipeline(device=device, dtype=dtype, preprocess=preprocess,
+                                                    merge_lora=merge_lora, **memory), name, base_check)
     preset = get_preset(name)
     if llama is None:
         raise CheckpointError(f"preset {name} needs a base LLaMA folder (--llama PATH): {preset.llama_requirement}")
@@ -419,7 +422,7 @@ def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype,
     pipeline = Pipeline.from_paths(imagebind=files.imagebind, llama=llama, adapter=files.adapter,
                                    cache=files.cache_index, imagebind_config=preset.build_imagebind_config(),
                                    device=device, dtype=dtype or torch.float32, preprocess=preprocess, name=name,
-                                   **memory)
+                                   merge_lora=merge_lora, **memory)
     return attach_probe(pipeline, name, base_check)
 
 

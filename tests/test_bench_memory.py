@@ -27,7 +27,7 @@ def test_quick_run(capsys, tmp_path):
     assert lazy["weights_mib"] < eager["weights_mib"]  # only the vision encoder was read
     assert any(r["part"] == "recipe" for r in rows)
     modes = {r["mode"]: r for r in results["agreement"]["rows"]}
-    assert set(modes) == {"int8", "int4", "float32"}
+    assert set(modes) == {"int8", "int4", "float32", "lora-apart"}
     assert 0 <= modes["int8"]["identical"] <= 1 and 0 <= modes["int8"]["first_token"] <= 1
     assert "7B-shaped weights, computed" in printed and "Answer agreement" in printed
     assert (tmp_path / "memory.json").is_file()

@@ -101,3 +101,6 @@ def test_pipelines_are_merged(adapter_dir):
     pipeline = load_preset_pipeline("tiny-untrained")
     assert pipeline.model.llama.lora_merged and remaining_lora(pipeline.model) == {"wv"}
     assert type(pipeline.model.llama.layers[0].feed_forward.w1) is nn.Linear
+    kept = load_preset_pipeline("tiny-untrained", merge_lora=False)  # e.g. to save or train the adapter
+    assert not kept.model.llama.lora_merged and len(remaining_lora(kept.model)) == 7
+    assert project_to_adapter(kept.model)
