@@ -435,3 +435,19 @@ def test_model_functions_use_zero_gpu_when_the_spaces_package_is_there(monkeypat
     answer = list(event_fn(demo, "ask_image")(example("house.png"), "What?", *SLIDERS, progress=None))[-1]
     assert answer and calls == ["ask_image"]
     assert ui.GPU(ui.ask_image) is ui.ask_image  # without the package: the functions as they are
+
+
+def test_startup_objects_are_frozen_out_of_full_collections():
+    import gc
+    import time
+
+    from imagebind_llm.app.server import freeze_startup_objects
+
+    try:
+        frozen, seconds = freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > 1000 and seconds >= 0
+        started = time.perf_counter()
+        gc.collect()  # only what was made since: the frozen objects are not scanned
+        assert time.perf_counter() - started <= max(seconds, 0.05)
+    finally:
+        gc.unfreeze()
