@@ -36,6 +36,10 @@ def adapter_dir(golden):
 
 @pytest.fixture(scope="module")
 def model(adapter_dir):
+    return golden_model(adapter_dir)
+
+
+def golden_model(adapter_dir):
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     tokenizer = Tokenizer(adapter_dir / config["tokenizer"])
     return build_language_model(adapter_dir / config["llama_type_dir"], adapter_dir / "adapter.pth",
@@ -134,6 +138,19 @@ def test_torch_compile_gives_the_eager_tokens(model):
     expected = generate(model, prompts, GREEDY, visual_query=query, eos_id=None)
     assert decoder.generate(prompts, GREEDY, visual_query=query, eos_id=None) == expected
     assert decoder.compile_failed is None and decoder.compile_seconds > 0
+
+
+@pytest.mark.skipif(os.environ.get("IMAGEBIND_LLM_TEST_COMPILE") != "1",
+                    reason="torch.compile of the step takes 20 s to minutes on a small CPU; "
+                           "IMAGEBIND_LLM_TEST_COMPILE=1 runs it")
+def test_torch_compile_of_a_model_with_its_lora_merged(adapter_dir):
+    merged = golden_model(adapter_dir)  # a model of its own: merging is in place
+    merged.llama.merge_lora_()
+    prompts, query = [ragged(merged)[1]], queries(merged, 1)
+    expected = generate(merged, prompts, GREEDY, visual_query=query, eos_id=None)
+    decoder = StaticDecoder(merged, compile=True)
+    assert decoder.generate(prompts, GREEDY, visual_query=query, eos_id=None) == expected
+    assert decoder.compile_failed is None
 
 
 def test_seeded_sampling_is_the_eager_loops(model):
