@@ -4,7 +4,8 @@ Mixed-precision (bfloat16 autocast) training on a CPU with native bfloat16 instr
 the matrix products about twice as fast, but torch's CPU attention kernels are slower in
 bfloat16 than in float32: 7x for the backward of a toy-world vision step (torch 2.13, 2 cores).
 So on the CPU, attention over bfloat16 inputs is computed in float32; everywhere else this is
-``F.scaled_dot_product_attention`` itself.
+``F.scaled_dot_product_attention`` itself. Every attention goes through it (the encoders, the
+LLaMA, the static decoder and the batcher), so that the decoders keep the eager loop's bits.
 """
 
 from __future__ import annotations

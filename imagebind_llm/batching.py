@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from .attention import scaled_dot_product_attention
 from .errors import InputError
 from .generation import CancelCheck, GenerationConfig, sample_next
 from .llama import apply_rotary
@@ -453,7 +453,7 @@ class DecodeBatcher:
             keys, values = self._keys[index], self._values[index]
             keys[row_index, :, positions] = k[:, :, 0]
             values[row_index, :, positions] = v[:, :, 0]
-            out = F.scaled_dot_product_attention(q, keys[slots, :, :end], values[slots, :, :end], attn_mask=mask)
+            out = scaled_dot_product_attention(q, keys[slots, :, :end], values[slots, :, :end], attn_mask=mask)
             if injections[index] is not None:
                 out = out + injections[index]
             out = out.transpose(1, 2).reshape(batch, 1, -1)

@@ -71,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import scaled_dot_product_attention
 from .generation import (CancelCheck, GenerationConfig, _is_cancelled, generate_tokens, prompt_lengths, sample_next,
                          step_outputs)
 from .llama import KVCache, LoRA, RMSNorm, apply_rotary
@@ -295,7 +296,7 @@ class StaticDecoder:
                 keys[:, :, column:column + 1] = k
                 values[:, :, column:column + 1] = v
                 keys, values = keys[:, :, :end], values[:, :, :end]
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            out = scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             row = self._inject_row.get(index)
             if injections and row is not None:
                 out = out + state.inject[row]

@@ -315,3 +315,19 @@ def test_modules_with_hooks_are_called(model):
     finally:
         handle.remove()
     assert len(calls) == 2 * GREEDY.max_new_tokens  # the eager loop's calls and the decoder's
+
+
+def test_bfloat16_steps_are_the_eager_loops_bits(adapter_dir):
+    # On a CPU, attention over bfloat16 runs in float32 (imagebind_llm/attention.py); the static
+    # step must use the same rule as the eager loop, or its logits drift from the eager ones.
+    model = golden_model(adapter_dir).to(torch.bfloat16)
+    logits = []
+    model.llama.output.register_forward_hook(
+        lambda module, args, out: logits.append((out if out.dim() == 2 else out[:, -1]).clone()))
+    prompts, query = ragged(model)[:2], queries(model, 2)
+    config = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    generate(model, prompts, config, visual_query=query, eos_id=None)
+    eager, logits[:] = logits[:], []
+    StaticDecoder(model).generate(prompts, config, visual_query=query, eos_id=None)
+    assert len(logits) == len(eager) == config.max_new_tokens
+    assert all(torch.equal(a, b) for a, b in zip(eager, logits))
