@@ -9,13 +9,6 @@ from imagebind_llm import threads
 from imagebind_llm.presets import build_untrained_pipeline
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pipeline():
     return build_untrained_pipeline()
