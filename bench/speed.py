@@ -23,6 +23,10 @@ What is measured (greedy decoding, every row runs its full length):
   on a shared machine; with several threads it counts the time of every thread).
 * **time to first token** for an image plus a ``--prompt``-token prompt (30): preprocessing and
   ImageBind encoding of a 640x480 JPEG, the bind network, the prefill and the first token.
+* **a chat's next turn**: time to first token of a prompt of ``--chat-history`` tokens of earlier
+  turns, a 32-token answer and a ``--prompt``-token question, with the prefix cache
+  (imagebind_llm/prefix_cache.py) off (the whole prompt prefilled) and on (holding what the
+  earlier turn left, as in the app), with the device's default decoder.
 * **ImageBind encode time per modality** (batch 1): preprocessing (``preprocess.load`` of a
   generated file) and ``encode_all``, for the ImageBind of each model (the 7B row: image only on
   a CPU, every kind on CUDA; ``--encode-kinds``).
@@ -70,6 +74,7 @@ GPU_BANDWIDTH_GBPS = (
     ("RTX 3090", 936.0), ("V100", 900.0), ("T4", 320.0),
 )
 PROMPT_TEXT_TOKENS = 30
+CHAT_ANSWER = 32  # tokens of the earlier answer in the chat-turn case
 
 
 def parse_args(argv):
@@ -87,6 +92,9 @@ def parse_args(argv):
     p.add_argument("--prompt-7b-cpu", type=int, default=8,
                    help="prompt tokens of the 7B decode cases on a CPU (default 8; the TTFT prompt stays "
                         "--prompt)")
+    p.add_argument("--chat-history", type=int, default=512,
+                   help="tokens of the earlier turns in the chat-turn case (default 512, at most what the "
+                        "model's context leaves; 7B on a CPU: 64)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs per case, best kept (default 3; 7B on CPU 1)")
     p.add_argument("--encode-kinds", default=None,
@@ -125,8 +133,8 @@ def parse_args(argv):
         for decoder in args.decoders:
             if decoder not in ("static", "compiled"):
                 p.error(f"--decoders: unknown decoder {decoder!r} (static, compiled)")
-    if min(args.batches) < 1 or args.new_tokens < 2 or args.prompt < 2 or args.repeats < 1:
-        p.error("batches >= 1, --new-tokens >= 2, --prompt >= 2, --repeats >= 1")
+    if min(args.batches) < 1 or args.new_tokens < 2 or args.prompt < 2 or args.repeats < 1 or args.chat_history < 2:
+        p.error("batches >= 1, --new-tokens >= 2, --prompt >= 2, --repeats >= 1, --chat-history >= 2")
     return args
 
 
@@ -366,6 +374,48 @@ def ttft_case(imagebind, model, kind: str, image: str, prompt: list[int], repeat
     return best
 
 
+def chat_ttft_case(model, kind: str, history: int, answer: int, question: int, repeats: int) -> dict:
+    """A chat's next turn: time to its first token with the prefix cache off and on.
+
+    The earlier turns are ``history`` random tokens and the last answer ``answer`` greedy tokens;
+    the new turn's prompt is all of that plus ``question`` tokens. "on": a prefix cache that holds
+    what the earlier turn left (the app's state between two turns); every repeat starts from
+    such a cache, so the timed turn never reuses itself."""
+    from imagebind_llm.fast_decode import get_decoder
+    from imagebind_llm.generation import GenerationConfig, generate_tokens
+    from imagebind_llm.prefix_cache import PrefixCache
+
+    vocab = model.config.llama.vocab_size
+    earlier = random_prompts(vocab, 1, history, seed=7)[0]
+    asked = random_prompts(vocab, 1, question + 1, seed=8)[0][1:]
+
+    def first_token(prompt, new_tokens, cache):
+        config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
+        if kind == "eager":
+            steps = generate_tokens(model, [prompt], config, eos_id=None, prefix_cache=cache)
+        else:
+            steps = get_decoder(model, kind).generate_tokens([prompt], config, eos_id=None, prefix_cache=cache)
+        return [step[0] for step in steps]
+
+    best: dict = {}
+    for mode in ("off", "on"):
+        for _ in range(repeats + 1):  # the first run warms up
+            cache = PrefixCache(1 << 40) if mode == "on" else None
+            replied = first_token(earlier, answer, cache)
+            prompt = earlier + replied + asked
+            sync(model.device)
+            started = time.perf_counter()
+            token = first_token(prompt, 1, cache)[0]
+            sync(model.device)
+            elapsed = 1e3 * (time.perf_counter() - started)
+            if mode not in best or elapsed < best[mode][0]:
+                best[mode] = (elapsed, token)
+    reused = len(earlier) + answer - 1
+    return {"decoder": kind, "prompt": len(earlier) + answer + question, "reused": reused,
+            "off_ms": best["off"][0], "on_ms": best["on"][0], "x_off": best["off"][0] / best["on"][0],
+            "same_tokens": best["off"][1] == best["on"][1]}
+
+
 def encode_table(imagebind, kinds: list[str], items: dict, device, repeats: int) -> list[dict]:
     import torch
 
@@ -596,6 +646,24 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
     print(f"time to first token: a 640x480 JPEG + a {args.prompt}-token prompt "
           "(x eager: eager time / this time)")
     print(table(["model", "decoder", "encode ms", "TTFT ms", "x eager", "same"], ttft_rows), flush=True)
+
+    # time to first token of a chat's next turn, prefix cache off and on
+    from imagebind_llm.fast_decode import default_decoder
+
+    kind = default_decoder(device)
+    history = 64 if slow else args.chat_history
+    history = min(history, model.config.llama.max_seq_len - CHAT_ANSWER - args.prompt - 1)
+    try:
+        case = chat_ttft_case(model, kind, history, CHAT_ANSWER, args.prompt, 1 if slow else repeats)
+        result["chat_ttft"] = case
+        print(f"a chat's next turn: {history} tokens of earlier turns, a {CHAT_ANSWER}-token answer, a "
+              f"{args.prompt}-token question; time to its first token (x: off / on)")
+        print(table(["model", "decoder", "prompt", "reused", "cache off ms", "cache on ms", "x", "same"],
+                    [[name, kind, str(case["prompt"]), str(case["reused"]), fmt(case["off_ms"]),
+                      fmt(case["on_ms"]), fmt(case["x_off"], 2), "yes" if case["same_tokens"] else "NO"]]),
+              flush=True)
+    except Exception as error:  # noqa: BLE001
+        notes.append(f"[{name}] chat time to first token failed: {error}")
 
     # ImageBind encode per modality
     kinds = args.encode_kinds or (["image"] if slow else (["image", "text"] if args.quick else list(media)))

@@ -17,10 +17,12 @@ Design
   (``window_ms``, default 0, makes it wait for others first): requests that come a little later
   join at the next step, and waiting cost a lone user its wait (with 10 ms, the app's one-user
   answers in bench/load.py took 107 instead of 58 ms, as gradio_client reads every 50 ms, and 8
-  users gained nothing measurable). Each new
-  request is prefilled alone into its slot (``Llama.forward`` over the whole prompt, the same
-  call the unbatched path makes, so its first token is the unbatched one) and then joins the
-  running batch.
+  users gained nothing measurable). Each new request is prefilled alone into its slot
+  (``Llama.forward`` over the prompt, the same call the unbatched path makes, so its first token
+  is the unbatched one) and then joins the running batch. With a
+  :class:`~imagebind_llm.prefix_cache.PrefixCache`, the slot first gets the keys and values of
+  the longest prompt start an earlier request computed (a chat's earlier turns), and only the
+  rest is prefilled; a request that ends normally leaves its own there.
 * **One step decodes every running request.** Rows are kept compact in slots ``0 .. B-1``
   (when a request leaves, the last row moves into its slot), so a step reads the pool through
   plain views. Each row feeds its last token at its own position: per-row rotary angles, the
@@ -57,6 +59,7 @@ from .attention import scaled_dot_product_attention
 from .errors import InputError
 from .generation import CancelCheck, GenerationConfig, sample_next
 from .llama import apply_rotary
+from .prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,7 @@ class _Request:
     last: int = 0  # the token to feed next
     injections: list[torch.Tensor | None] | None = None
     generator: torch.Generator | None = None
+    generated: list[int] = field(default_factory=list)  # every token produced (EOS included)
 
 
 class _SlotCache:
@@ -148,7 +152,8 @@ class DecodeBatcher:
     runs until :meth:`close`.
     """
 
-    def __init__(self, model, *, max_batch: int = 16, window_ms: float = 0.0):
+    def __init__(self, model, *, max_batch: int = 16, window_ms: float = 0.0,
+                 prefix_cache: PrefixCache | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if window_ms < 0:
@@ -156,6 +161,7 @@ class DecodeBatcher:
         self.model = model
         self.max_batch = int(max_batch)
         self.window = float(window_ms) / 1000.0
+        self.prefix_cache = prefix_cache
         self.stats = BatcherStats()
         self._pending: list[_Request] = []
         self._rows: list[_Request] = []  # row i sits in slot i
@@ -307,11 +313,15 @@ class DecodeBatcher:
             self._ensure_slots(len(self._rows) + 1)
             slot = len(self._rows)
             if request.visual_query is not None:
-                request.injections = self.model.injections(request.visual_query.to(device))
+                request.visual_query = request.visual_query.to(device)
+                request.injections = self.model.injections(request.visual_query)
             if request.config.seed is not None and request.config.temperature > 0:
                 request.generator = torch.Generator(device=device).manual_seed(request.config.seed)
-            tokens = torch.tensor([request.prompt], dtype=torch.long, device=device)
-            logits = self.model.llama(tokens, start=0, cache=_SlotCache(self._keys, self._values, slot),
+            start, prefix_cache = 0, self.prefix_cache
+            if prefix_cache is not None:  # an earlier request's keys and values for the same start
+                start = prefix_cache.restore(request.prompt, request.visual_query, self._keys, self._values, slot)
+            tokens = torch.tensor([request.prompt[start:]], dtype=torch.long, device=device)
+            logits = self.model.llama(tokens, start=start, cache=_SlotCache(self._keys, self._values, slot),
                                       injections=request.injections, last_only=True)
             token = int(sample_next(logits, request.config, request.generator)[0])
         except Exception as error:  # noqa: BLE001 - this request's error only
@@ -327,6 +337,7 @@ class DecodeBatcher:
     def _emit(self, request: _Request, token: int) -> None:
         """Pass on a request's new token (the unbatched rules for EOS and the limit)."""
         request.produced += 1
+        request.generated.append(token)
         if request.eos_id is not None and token == request.eos_id:
             self._finish(request, _DONE)
             return
@@ -337,8 +348,13 @@ class DecodeBatcher:
 
     def _finish(self, request: _Request, item) -> None:
         """Remove a running request (its slot goes to the last row) and tell its consumer."""
+        running = request.slot >= 0 and request in self._rows
+        prefix_cache = self.prefix_cache
+        if running and prefix_cache is not None and item is _DONE:
+            # Kept before the consumer hears of the end: a chat's next turn may follow at once.
+            self._keep_prefix(prefix_cache, request)
         request.out.put(item)
-        if request.slot < 0 or request not in self._rows:
+        if not running:
             return
         slot, last = request.slot, self._rows[-1]
         if last is not request:
@@ -350,6 +366,15 @@ class DecodeBatcher:
         self._rows.pop()
         request.slot = -1
         self._batch_injections = None
+
+    def _keep_prefix(self, prefix_cache: PrefixCache, request: _Request) -> None:
+        """Hand the finished request's keys and values to the prefix cache (columns 0 ..
+        length-1 hold its prompt and the answer tokens fed so far)."""
+        tokens = (request.prompt + request.generated)[:request.length]
+        try:
+            prefix_cache.store(tokens, request.visual_query, self._keys, self._values, request.slot)
+        except Exception:  # noqa: BLE001 - only an optimisation: the answer is already complete
+            log.exception("decode batcher: could not keep a finished request's keys and values")
 
     def _decode_step(self) -> None:
         # Rows whose request ended (cancelled, consumer gone, or a cancel check that raises) leave first.

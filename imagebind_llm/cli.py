@@ -186,6 +186,8 @@ def run_chat(args) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
+    if args.prefix_cache_mb > 0:  # each turn then prefills only its new tokens, not the whole conversation
+        pipeline.enable_prefix_cache(int(args.prefix_cache_mb * 2**20))
     chat = Chat()
     print("Type a question; '/<kind> VALUE[:W]' attaches an input to the next question "
           f"(kinds: {', '.join(KINDS)}), '/reset' starts over, Ctrl-D quits.")
@@ -267,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_arguments(chat)
     chat.add_argument("question", nargs="?")
     chat.add_argument("--interactive", action="store_true", help="multi-turn chat on stdin")
+    chat.add_argument("--prefix-cache-mb", type=float, default=1024.0, metavar="MB",
+                      help="--interactive: memory for the keys and values of the conversation so far, so that "
+                           "a turn prefills only its new tokens (0: off; default 1024)")
     chat.add_argument("--context", help="the official optional '### Input:' text")
     chat.add_argument("--fusion", choices=("normalized", "official"), default="normalized")
     chat.add_argument("--cache", action="store_true", help="use the visual cache")

@@ -53,6 +53,10 @@ loop's on the small preset (the same operations without ``nn.Module`` call overh
 same bits; a memory-bound 7B model gains nothing measurable), and the eager loop on other devices
 until the static path is measured there.
 
+With a :class:`~imagebind_llm.prefix_cache.PrefixCache` (one prompt at a time), the prefill
+starts after the prompt's longest start whose keys and values an earlier request left, and the
+request leaves its own when it ends; the eager loop does the same, so the two stay bit-identical.
+
 Requests that arrive while a decoder is busy with another (several threads on one pipeline) are
 decoded by the eager loop instead, with the same tokens; the app's continuous batching
 (:mod:`imagebind_llm.batching`) is the way to serve many requests at once.
@@ -75,6 +79,7 @@ from .attention import scaled_dot_product_attention
 from .generation import (CancelCheck, GenerationConfig, _is_cancelled, generate_tokens, prompt_lengths, sample_next,
                          step_outputs)
 from .llama import KVCache, LoRA, RMSNorm, apply_rotary
+from .prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -365,12 +370,18 @@ class StaticDecoder:
 
     # ------------------------------------------------------------------------------ requests
 
-    def _start(self, plan: _Plan, visual_query: torch.Tensor | None):
-        """Fill the buffers for a request and prefill it: (state, first logits, padding mask)."""
+    def _start(self, plan: _Plan, visual_query: torch.Tensor | None, prefix_cache: PrefixCache | None = None):
+        """Fill the buffers for a request and prefill it: (state, first logits, padding mask).
+        ``visual_query`` is on the model's device; ``prefix_cache`` only given for one prompt."""
         model = self.model
         device = model.device
         self._hooks = _has_hooks(model.llama)
         state = self._state_for(plan.batch, plan.total)
+        if visual_query is not None:
+            visual_query = visual_query.to(device)
+        reused = 0
+        if prefix_cache is not None:
+            reused = prefix_cache.restore(plan.prompts[0], visual_query, state.keys, state.values)
         tokens = torch.zeros(plan.batch, plan.longest, dtype=torch.long)
         for row, prompt in enumerate(plan.prompts):
             tokens[row, plan.longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
@@ -383,15 +394,15 @@ class StaticDecoder:
             positions = (torch.arange(plan.longest, device=device)[None] - pad[:, None]).clamp(min=0)
         injections = None
         if visual_query is not None:
-            injections = model.injections(visual_query.to(device))
+            injections = model.injections(visual_query)
             for layer, row in self._inject_row.items():
                 state.inject[row].copy_(injections[layer])
         else:
             state.inject.zero_()
         view = _CacheView(state.keys, state.values)
         key_padding = None if padding is None else padding[:, :plan.longest]
-        logits = model.llama(tokens, start=0, cache=view, injections=injections, positions=positions,
-                             key_padding=key_padding, last_only=True)
+        logits = model.llama(tokens[:, reused:], start=reused, cache=view, injections=injections,
+                             positions=positions, key_padding=key_padding, last_only=True)
         # The step state describes the last token fed: the next step feeds the sampled token one
         # column (and one rotary position) further.
         state.index.fill_(plan.longest - 1)
@@ -410,23 +421,35 @@ class StaticDecoder:
 
     def generate_tokens(self, prompts: Sequence[Sequence[int]], config: GenerationConfig, *,
                         visual_query: torch.Tensor | None = None, eos_id: int | None = 2,
-                        cancel: CancelCheck = None) -> Iterator[list[int | None]]:
+                        cancel: CancelCheck = None, prefix_cache: PrefixCache | None = None,
+                        ) -> Iterator[list[int | None]]:
         """The eager loop's contract (:func:`~imagebind_llm.generation.generate_tokens`): after
         every step, the new token of each row (None for finished rows); stops when every row has
-        finished or when ``cancel`` fires."""
+        finished or when ``cancel`` fires. ``prefix_cache`` as for the eager loop."""
         plan = _Plan(self.model, prompts, config)  # errors before anything is yielded, like the eager loop
         if not self._lock.acquire(blocking=False):  # another request is decoding: the eager loop
             yield from generate_tokens(self.model, prompts, config, visual_query=visual_query, eos_id=eos_id,
-                                       cancel=cancel)
+                                       cancel=cancel, prefix_cache=prefix_cache)
             return
         try:
-            yield from self._stream(plan, config, visual_query, eos_id, cancel)
+            yield from self._stream(plan, config, visual_query, eos_id, cancel,
+                                    prefix_cache if plan.batch == 1 else None)
         finally:
             self._lock.release()
 
-    def _stream(self, plan: _Plan, config, visual_query, eos_id, cancel) -> Iterator[list[int | None]]:
+    def _stream(self, plan: _Plan, config, visual_query, eos_id, cancel,
+                prefix_cache: PrefixCache | None = None) -> Iterator[list[int | None]]:
         model = self.model
         device = model.device
+        if visual_query is not None:
+            visual_query = visual_query.to(device)
+        generated: list[int] = []  # row 0's tokens, for the prefix cache
+
+        def keep() -> None:  # the prompt and every answer token but the last are in the cache
+            if prefix_cache is not None and state is not None:
+                with torch.inference_mode():
+                    prefix_cache.store(plan.prompts[0] + generated[:-1], visual_query, state.keys, state.values)
+
         ahead = device.type == "cuda"
         generator = None
         if config.seed is not None and config.temperature > 0:
@@ -439,13 +462,14 @@ class StaticDecoder:
         host = torch.empty(plan.batch, dtype=torch.long, pin_memory=True) if ahead else None
         for step in range(plan.steps):
             if _is_cancelled(cancel):
+                keep()
                 return
             # Inference mode per step, never across a yield (a consumer may resume on another thread).
             with torch.inference_mode():
                 if pending is not None:
                     next_tokens = pending
                 elif state is None:
-                    state, logits, padding, injections = self._start(plan, visual_query)
+                    state, logits, padding, injections = self._start(plan, visual_query, prefix_cache)
                     next_tokens = sample_next(logits, config, generator)
                 else:
                     logits = self._run_step(state, plan.longest + step - 1, padding, injections)
@@ -465,9 +489,12 @@ class StaticDecoder:
                     values = next_tokens.tolist()
                     if step + 1 < plan.steps:
                         self._advance(state, next_tokens)
+            generated.append(values[0])
             yield step_outputs(values, done, produced, plan.limits, eos_id)
             if all(done):
+                keep()
                 return
+        keep()
 
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig, *,
                  visual_query: torch.Tensor | None = None, eos_id: int | None = 2, cancel: CancelCheck = None,

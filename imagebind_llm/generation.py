@@ -19,6 +19,7 @@ import torch
 
 from .errors import InputError
 from .llama import KVCache
+from .prefix_cache import PrefixCache
 
 
 @dataclass(frozen=True)
@@ -117,12 +118,15 @@ def generate_tokens(
     visual_query: torch.Tensor | None = None,
     eos_id: int | None = 2,
     cancel: CancelCheck = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> Iterator[list[int | None]]:
     """Yield, after every decoding step, the new token of each row (None for finished rows).
 
     ``prompts`` are token ids (BOS included). ``visual_query`` (B, 1, dim) is the bind-network
     output for each row (or None for text only). Stops when every row has finished or when
-    ``cancel`` fires.
+    ``cancel`` fires. With a ``prefix_cache`` (used for one prompt only), the prompt's known
+    start is not prefilled again and the request's keys and values are kept when it ends
+    (imagebind_llm/prefix_cache.py).
     """
     lengths = prompt_lengths(model, prompts)
     max_len = model.config.llama.max_seq_len
@@ -144,16 +148,27 @@ def generate_tokens(
     # generator on another thread (gradio does), where the mode must not leak.
     with torch.inference_mode():
         cache = KVCache(model.config.llama, batch, total, model.dtype, device)
-        injections = model.injections(visual_query.to(device)) if visual_query is not None else None
+        if visual_query is not None:
+            visual_query = visual_query.to(device)
+        injections = model.injections(visual_query) if visual_query is not None else None
+        reuse = prefix_cache if batch == 1 else None
+        reused = reuse.restore(prompts[0], visual_query, cache.keys, cache.values) if reuse is not None else 0
     generator = None
     if config.seed is not None and config.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(config.seed)
 
+    def keep() -> None:  # columns 0 .. start-1 hold the prompt and the answer tokens fed so far
+        if reuse is not None:
+            with torch.inference_mode():
+                reuse.store((list(prompts[0]) + generated)[:start], visual_query, cache.keys, cache.values)
+
     done = [False] * batch
     produced = [0] * batch
-    step_tokens, start = tokens, 0
+    generated: list[int] = []  # row 0's tokens, for the prefix cache
+    step_tokens, start = tokens[:, reused:], reused
     for _ in range(max(limits)):
         if _is_cancelled(cancel):
+            keep()
             return
         with torch.inference_mode():
             logits = model.llama(step_tokens, start=start, cache=cache, injections=injections, positions=positions,
@@ -161,12 +176,16 @@ def generate_tokens(
                                  last_only=True)
             next_tokens = sample_next(logits, config, generator)
         start += step_tokens.shape[1]
-        yield step_outputs(next_tokens.tolist(), done, produced, limits, eos_id)
+        values = next_tokens.tolist()
+        generated.append(values[0])
+        yield step_outputs(values, done, produced, limits, eos_id)
         if all(done):
+            keep()
             return
         step_tokens = next_tokens[:, None]
         if padded:
             positions = (start - pad)[:, None]
+    keep()
 
 
 def generate(model, prompts: Sequence[Sequence[int]], config: GenerationConfig, **kwargs) -> list[list[int]]:

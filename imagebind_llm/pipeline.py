@@ -95,6 +95,8 @@ class Pipeline:
     #: generation.py), 'static', 'compiled' or 'auto'; None: ``IMAGEBIND_LLM_DECODER``, else
     #: :func:`~imagebind_llm.fast_decode.default_decoder` ('static' on a CPU, 'eager' elsewhere).
     decoder: str | None = None
+    #: The :class:`~imagebind_llm.prefix_cache.PrefixCache` when :meth:`enable_prefix_cache` was called.
+    prefix_cache = None
 
     def __init__(self, imagebind: ImageBind, model: ImageBindLLM, tokenizer: Tokenizer,
                  cache: VisualCache | None = None, preprocess: PreprocessOptions | None = None,
@@ -167,6 +169,8 @@ class Pipeline:
         merged = self.model.llama.merge_lora_()
         if merged:
             log.info("LoRA merged into %d projections for inference", merged)
+            if self.prefix_cache is not None:  # keys and values of the weights before
+                self.prefix_cache.clear()
         return self
 
     # ----------------------------------------------------------------------------- features
@@ -223,13 +227,13 @@ class Pipeline:
         kind = self.decoder_kind()
         if kind == "eager":  # the plain loop
             steps = generate_tokens(self.model, [prompt_ids], settings.generation, visual_query=visual_query,
-                                    eos_id=self.tokenizer.eos_id, cancel=cancel)
+                                    eos_id=self.tokenizer.eos_id, cancel=cancel, prefix_cache=self.prefix_cache)
         else:
             from .fast_decode import get_decoder
 
             steps = get_decoder(self.model, kind).generate_tokens(
                 [prompt_ids], settings.generation, visual_query=visual_query, eos_id=self.tokenizer.eos_id,
-                cancel=cancel)
+                cancel=cancel, prefix_cache=self.prefix_cache)
         for step in steps:
             if step[0] is not None:
                 yield step[0]
@@ -264,8 +268,24 @@ class Pipeline:
         from .batching import DecodeBatcher
 
         self.disable_batching()
-        self.batcher = DecodeBatcher(self.model, max_batch=max_batch, window_ms=window_ms)
+        self.batcher = DecodeBatcher(self.model, max_batch=max_batch, window_ms=window_ms,
+                                     prefix_cache=self.prefix_cache)
         return self.batcher
+
+    def enable_prefix_cache(self, max_bytes: int = 1 << 30):
+        """Reuse the keys and values of earlier requests (imagebind_llm/prefix_cache.py): a chat
+        turn prefills only what follows the conversation so far, and requests that share the
+        prompt template's start skip it, in every decoder and the batcher. Logits agree with a
+        full prefill to about 1e-6, so greedy answers stay the same unless two logits tie to that
+        precision; off by default. ``max_bytes`` bounds the memory it keeps on the model's
+        device (least recently used entries go first; 0 turns it off). Returns the cache (None
+        when off)."""
+        from .prefix_cache import PrefixCache
+
+        self.prefix_cache = PrefixCache(max_bytes) if max_bytes > 0 else None
+        if self.batcher is not None:
+            self.batcher.prefix_cache = self.prefix_cache
+        return self.prefix_cache
 
     def disable_batching(self) -> None:
         """Stop the shared batcher, if any (requests it is running end with an error)."""

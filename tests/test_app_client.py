@@ -13,7 +13,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from test_app_handlers import EXAMPLES, golden_pipeline
 
+from imagebind_llm.app import handlers as H
 from imagebind_llm.app import ui
+from imagebind_llm.pipeline import Chat
 
 MAX_BYTES = 1_000_000
 FAST = {"max_new_tokens": 8, "temperature": 0.0}
@@ -128,3 +130,34 @@ def test_two_sessions_never_see_each_other(url):
         text = repr(results[name])
         assert len(results[name]) == 4 and f"{own} asks 0" in text and f"{own} asks 1" in text
         assert other not in text and Path(other_file).name not in text
+
+
+def test_a_chats_next_turn_reuses_the_conversation_so_far(golden):
+    """The app keeps finished answers' keys and values (--prefix-cache-mb, on by default): the
+    second turn of a chat prefills only what is new, and answers as the model does without it."""
+    pipeline = golden_pipeline(golden)
+    with serve(pipeline, concurrency=2) as local_url:
+        cache = pipeline.prefix_cache
+        assert cache is not None and cache.max_bytes == ui.DEFAULT_PREFIX_CACHE_MB * 2**20
+        client = Client(local_url, verbose=False)
+        first = client.predict({"text": "What is happening here?", "files": [example("sunset.png")]}, **FAST,
+                               api_name="/chat")[2]
+        assert cache.stats.lookups == 1 and cache.stats.hits == 0 and len(cache) == 1
+        first_prompt = cache.stats.prompt_tokens
+        second = client.predict({"text": "Tell me more.", "files": []}, **FAST, api_name="/chat")[2]
+        assert cache.stats.hits == 1 and cache.stats.reused_tokens >= first_prompt
+    pipeline.disable_batching()
+    pipeline.enable_prefix_cache(0)
+    chat = Chat()
+    settings = H.make_settings(**FAST, use_cache=True)  # the app's default where a cache index is loaded
+    media = H.route_files([str(EXAMPLES / "sunset.png")])
+    assert "".join(pipeline.chat(chat, "What is happening here?", media, settings)).strip() == first
+    assert "".join(pipeline.chat(chat, "Tell me more.", (), settings)).strip() == second
+
+
+def test_the_prefix_cache_can_be_sized_or_switched_off(golden):
+    pipeline = golden_pipeline(golden)
+    ui.build_demo(pipeline, examples_dir=None, prefix_cache_mb=2.5)
+    assert pipeline.prefix_cache.max_bytes == int(2.5 * 2**20)
+    ui.build_demo(pipeline, examples_dir=None, prefix_cache_mb=0)
+    assert pipeline.prefix_cache is None

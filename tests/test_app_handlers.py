@@ -33,14 +33,15 @@ SETTINGS = H.make_settings(**FAST)
 SLIDERS = (12, 0.0, 0.75, False, 10, 20.0, 0.5)
 
 
-def golden_pipeline(golden: Path, max_bytes: int | None = None) -> Pipeline:
+def golden_pipeline(golden: Path, max_bytes: int | None = None, merge_lora: bool = True) -> Pipeline:
     """The golden-set model (small, official-parity weights) as the app configures it."""
     adapter_config = json.loads((golden / "llama_adapter" / "adapter_config.json").read_text())
     pipeline = Pipeline.from_paths(
         imagebind=golden / "imagebind" / "weights.pth", imagebind_config=golden_config(golden),
         llama=golden / "llama_adapter" / adapter_config["llama_type_dir"],
         adapter=golden / "llama_adapter" / "adapter.pth",
-        tokenizer=golden / "llama_adapter" / adapter_config["tokenizer"], cache=golden / "cache" / "knn.index")
+        tokenizer=golden / "llama_adapter" / adapter_config["tokenizer"], cache=golden / "cache" / "knn.index",
+        merge_lora=merge_lora)
     return H.configure_pipeline(pipeline, max_bytes)
 
 
@@ -397,15 +398,18 @@ def test_flags_and_environment():
     args = parse_args([], {})
     assert (args.host, args.port, args.share, args.queue_size, args.concurrency) == ("127.0.0.1", 7860, False, 32, 1)
     assert args.preset is None and args.max_file_size == 200.0 and args.visual_cache is False
-    assert args.stream_interval == 0.05
+    assert args.stream_interval == 0.05 and args.prefix_cache_mb is None
     env = {"GRADIO_SERVER_PORT": "8000", "IMAGEBIND_LLM_CONCURRENCY": "3", "IMAGEBIND_LLM_SHARE": "yes",
            "IMAGEBIND_LLM_PRESET": "imagebind-llm-7b", "IMAGEBIND_LLM_LLAMA": "/llama", "GRADIO_SERVER_NAME": "0.0.0.0",
            "IMAGEBIND_LLM_MAX_FILE_SIZE": "50", "IMAGEBIND_LLM_VISUAL_CACHE": "1",
-           "IMAGEBIND_LLM_STREAM_INTERVAL": "0.25"}
+           "IMAGEBIND_LLM_STREAM_INTERVAL": "0.25", "IMAGEBIND_LLM_PREFIX_CACHE_MB": "256"}
     args = parse_args(["--port", "9000"], env)
     assert (args.port, args.concurrency, args.share, args.preset, args.llama, args.host) == (
         9000, 3, True, "imagebind-llm-7b", "/llama", "0.0.0.0")
     assert args.max_file_size == 50.0 and args.visual_cache is True and args.stream_interval == 0.25
+    assert args.prefix_cache_mb == 256.0 and parse_args(["--prefix-cache-mb", "0"], env).prefix_cache_mb == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--prefix-cache-mb", "-1"], {})
     with pytest.raises(SystemExit):
         parse_args(["--concurrency", "0"], {})
     with pytest.raises(SystemExit):
@@ -434,6 +438,7 @@ def test_model_functions_use_zero_gpu_when_the_spaces_package_is_there(monkeypat
     demo = module.build_demo(pipeline, examples_dir=None)
     answer = list(event_fn(demo, "ask_image")(example("house.png"), "What?", *SLIDERS, progress=None))[-1]
     assert answer and calls == ["ask_image"]
+    assert pipeline.prefix_cache is None  # the calls run in other processes: nothing would be kept
     assert ui.GPU(ui.ask_image) is ui.ask_image  # without the package: the functions as they are
 
 

@@ -55,3 +55,20 @@ def test_the_cpu_ceiling_is_the_cores_over_what_one_client_keeps_busy():
     assert load.cpu_ceiling(one, cores=64, clients=8) == 8.0  # never more than the clients
     attached = load.PhaseResult("as served", 1, wall_s=2.0)  # --url: the app's CPU is unknown
     assert load.busy_cores(attached) is None and load.cpu_ceiling(attached, 2, 8) is None
+
+
+def test_the_clients_message_reader_sleeps_at_most_five_milliseconds(monkeypatch):
+    import time
+
+    import gradio_client.utils
+
+    monkeypatch.setattr(gradio_client.utils, "time", time)  # put back after the test
+    load = load_script(ROOT / "bench" / "load.py", "bench_load")
+    load.prompt_client_reads()
+    shim = gradio_client.utils.time
+    assert shim is not time and shim.perf_counter is time.perf_counter  # the rest of the module as it is
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    shim.sleep(0.05)  # what its reader sleeps when no message is waiting
+    shim.sleep(0.001)
+    assert slept == [load.CLIENT_READ_S, 0.001] and load.CLIENT_READ_S == 0.005

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from imagebind_llm.cli import main, parse_input
+from imagebind_llm.pipeline import Pipeline
 from imagebind_llm.preprocess import guess_kind
 
 from test_imagebind_golden import golden_config
@@ -52,16 +53,25 @@ def test_chat_every_modality_and_arithmetic(model_args, files, capsys):
 
 
 def test_interactive_chat(model_args, files, capsys, monkeypatch):
-    lines = iter([f"/image {files['image']}", "What is this?", "/reset", "And this?"])
+    caches = []
+    enable = Pipeline.enable_prefix_cache
+    monkeypatch.setattr(Pipeline, "enable_prefix_cache", lambda self, *a: caches.append(enable(self, *a)) or caches[-1])
+    printed = []
+    for extra in ([], ["--prefix-cache-mb", "0"]):
+        lines = iter([f"/image {files['image']}", "What is this?", "And what now?", "/reset", "And this?"])
 
-    def fake_input(prompt=""):
-        try:
-            return next(lines)
-        except StopIteration:
-            raise EOFError from None
+        def fake_input(prompt=""):
+            try:
+                return next(lines)
+            except StopIteration:
+                raise EOFError from None
 
-    monkeypatch.setattr("builtins.input", fake_input)
-    assert main(["chat", *model_args, "--interactive", "--temperature", "0", "--max-new-tokens", "4"]) == 0
+        monkeypatch.setattr("builtins.input", fake_input)
+        capsys.readouterr()
+        assert main(["chat", *model_args, "--interactive", "--temperature", "0", "--max-new-tokens", "4", *extra]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1]  # the same answers with the prefix cache (default) and without
+    assert len(caches) == 1 and caches[0].stats.hits >= 1  # the second turn reused the first
 
 
 def test_bad_input_is_an_error_line_not_a_traceback(model_args, capsys, tmp_path):

@@ -45,6 +45,7 @@ ENVIRONMENT = {
     "skip_base_check": "IMAGEBIND_LLM_SKIP_BASE_CHECK",
     "batch_decoding": "IMAGEBIND_LLM_BATCH_DECODING",
     "stream_interval": "IMAGEBIND_LLM_STREAM_INTERVAL",
+    "prefix_cache_mb": "IMAGEBIND_LLM_PREFIX_CACHE_MB",
     "decoder": "IMAGEBIND_LLM_DECODER",
     "threads": "IMAGEBIND_LLM_THREADS",
 }
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--stream-interval", type=float, default=0.05, metavar="SECONDS",
                        help="least time between two streamed updates of an answer: each update re-sends the "
                             "page state, so a longer interval leaves more CPU to the model under load")
+    group.add_argument("--prefix-cache-mb", type=float, default=None, metavar="MB",
+                       help="memory for the keys and values of finished answers, so that a chat's next turn "
+                            "prefills only its new tokens (0: off; default 1024, 0 on ZeroGPU)")
     group.add_argument("--max-file-size", type=float, default=200.0, metavar="MB",
                        help="largest upload in megabytes (0: no limit)")
     group.add_argument("--unclip", metavar="PATH_OR_REPO",
@@ -121,8 +125,9 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
                      f"got {args.decoder!r}")
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
-    if args.queue_size < 0 or args.max_file_size < 0 or args.stream_interval < 0:
-        parser.error("--queue-size, --max-file-size and --stream-interval must be >= 0")
+    if (args.queue_size < 0 or args.max_file_size < 0 or args.stream_interval < 0
+            or (args.prefix_cache_mb is not None and args.prefix_cache_mb < 0)):
+        parser.error("--queue-size, --max-file-size, --stream-interval and --prefix-cache-mb must be >= 0")
     return args
 
 
@@ -183,10 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     max_bytes = max_bytes_of(args)
     demo = build_demo(pipeline, concurrency=args.concurrency, queue_size=args.queue_size or None, max_bytes=max_bytes,
                       image_generator=image_generator, batch_decoding=args.batch_decoding,
-                      stream_interval=args.stream_interval)
-    log.info("page built in %.1f s; serving on http://%s:%d (queue %s, %d at once%s, uploads up to %s)",
+                      stream_interval=args.stream_interval, prefix_cache_mb=args.prefix_cache_mb)
+    prefix_cache = getattr(pipeline, "prefix_cache", None)
+    log.info("page built in %.1f s; serving on http://%s:%d (queue %s, %d at once%s%s, uploads up to %s)",
              time.perf_counter() - started, args.host, args.port, args.queue_size or "unbounded", args.concurrency,
              ", batched decoding" if getattr(pipeline, "batcher", None) is not None else "",
+             f", prefix cache {prefix_cache.max_bytes / 2**20:g} MiB" if prefix_cache is not None else "",
              f"{args.max_file_size:g} MB" if max_bytes else "any size")
     frozen, pass_s = freeze_startup_objects()
     log.info("%d objects made at start kept out of the garbage collector's full passes (one pass over them "

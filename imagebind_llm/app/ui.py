@@ -54,6 +54,8 @@ API_NAMES = ("chat", "retry", "undo", "clear", "ask_image", "ask_audio", "ask_vi
 MODEL_GROUP = "model"
 DEFAULT_QUEUE_SIZE = 32
 DEFAULT_CONCURRENCY = 1
+#: Memory (MiB) the app gives the prefix cache by default: 2 full-length 7B conversations in float16.
+DEFAULT_PREFIX_CACHE_MB = 1024
 
 # System fonts only: the default themes link Google Fonts, which an offline machine cannot reach.
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -452,7 +454,8 @@ MIX_EXAMPLES = [
 
 def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, queue_size: int | None = DEFAULT_QUEUE_SIZE,
                max_bytes: int | None = None, examples_dir: Path | str | None = EXAMPLES_DIR,
-               stream_interval: float = 0.05, image_generator=None, batch_decoding: bool | None = None) -> gr.Blocks:
+               stream_interval: float = 0.05, image_generator=None, batch_decoding: bool | None = None,
+               prefix_cache_mb: float | None = None) -> gr.Blocks:
     """The app's Blocks over ``pipeline``, queued but not launched.
 
     ``concurrency``: model requests running at once (all tabs together); ``queue_size``: how
@@ -463,12 +466,22 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
     adds the image output to the Embedding arithmetic tab (None: text only); ``batch_decoding``:
     decode the running requests together (:meth:`Pipeline.enable_batching`, up to ``concurrency``
     at once); None: on when ``concurrency`` > 1 (except on ZeroGPU, where the model runs in
-    another process), False: off.
+    another process), False: off. ``prefix_cache_mb``: memory for the keys and values of
+    finished answers, so that a chat's next turn prefills only its new tokens
+    (:meth:`Pipeline.enable_prefix_cache`); None: :data:`DEFAULT_PREFIX_CACHE_MB` (0 on
+    ZeroGPU, whose calls run in other processes); 0: off.
     """
     if max_bytes is None:
         max_bytes = pipeline.embedder.options.max_bytes
+    local = GPU.__module__ == __name__  # not ZeroGPU
+    if prefix_cache_mb is None:
+        prefix_cache_mb = DEFAULT_PREFIX_CACHE_MB if local else 0
+    prefix_bytes = int(prefix_cache_mb * 2**20)
+    current = getattr(pipeline, "prefix_cache", None)
+    if (current.max_bytes if current is not None else 0) != prefix_bytes:
+        pipeline.enable_prefix_cache(prefix_bytes)
     if batch_decoding is None:
-        batch_decoding = True if concurrency > 1 and GPU.__module__ == __name__ else None
+        batch_decoding = True if concurrency > 1 and local else None
     batcher = getattr(pipeline, "batcher", None)
     if batch_decoding and (batcher is None or batcher.closed or batcher.max_batch != concurrency):
         pipeline.enable_batching(max_batch=concurrency)
