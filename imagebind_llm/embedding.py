@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .embedding_memo import EmbeddingMemo
 from .encoders.imagebind import ImageBind
 from .errors import InputError
 from .preprocess import KIND_TO_MODALITY, PreprocessOptions, check_kind, load, load_batch
@@ -59,6 +60,9 @@ class Embedder:
             model.to(device=device, dtype=dtype)
         self.options = options or PreprocessOptions()
         self.batch_size = batch_size
+        #: An :class:`~imagebind_llm.embedding_memo.EmbeddingMemo`: :meth:`embed_media` then skips
+        #: files it encoded lately (None: every input is read and encoded).
+        self.memo: EmbeddingMemo | None = None
 
     def preprocess(self, kind: str, items: Sequence[Any]) -> torch.Tensor:
         """Model inputs (N, ...) of a list of items of one kind (CPU)."""
@@ -102,7 +106,20 @@ class Embedder:
             if item.kind == "text" and (not isinstance(item.value, str) or not item.value.strip()):
                 raise InputError(item.label or "text input", "the text is empty", "a non-empty text")
             by_kind.setdefault(item.kind, []).append(index)
+        memo = self.memo
         for kind, indices in by_kind.items():
+            keys: dict[int, Any] = {}
+            if memo is not None:  # files encoded lately are not read again
+                options = (self.options.max_bytes, self.options.for_kind(kind))
+                for index in indices:
+                    key = memo.key(kind, media[index].value, output, options)
+                    if key is not None and (known := memo.get(key)) is not None:
+                        rows[index] = known
+                    else:
+                        keys[index] = key
+                indices = [i for i in indices if rows[i] is None]
+                if not indices:
+                    continue
             items = [media[i] for i in indices]
             if kind == "text":
                 inputs = load_batch("text", [m.value for m in items], self.options)
@@ -111,4 +128,6 @@ class Embedder:
             unit = self.encode_inputs(kind, inputs)[output]
             for row, index in zip(unit, indices):
                 rows[index] = row.float().cpu()
+                if keys.get(index) is not None:
+                    memo.put(keys[index], rows[index])
         return torch.stack(rows)  # type: ignore[arg-type]

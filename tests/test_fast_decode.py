@@ -303,6 +303,8 @@ def test_bench_speed_quick_prints_its_tables(tmp_path):
     assert all(r["decode_tok_s"] > 0 and r["same_tokens"] for r in rows)  # merged or not, the same tokens
     assert saved["models"][0]["lora_merged"] > 0
     assert re.search(r"^small batch 1: static decoder, LoRA merged / apart = [0-9.]+x", printed, re.MULTILINE)
+    again = [c for c in saved["models"][0]["ttft"] if c["decoder"] == "static, same image again"]
+    assert len(again) == 1 and again[0]["same_as_alone"] and again[0]["ttft_ms"] > 0
     chat = saved["models"][0]["chat_ttft"]  # a chat's next turn, prefix cache off and on
     assert chat["same_tokens"] and chat["off_ms"] > 0 and chat["on_ms"] > 0
     assert chat["reused"] == chat["prompt"] - 30 - 1  # all but the question and the answer's last token

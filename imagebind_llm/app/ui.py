@@ -33,6 +33,7 @@ from typing import Any
 import gradio as gr
 
 from ..embedding import Media
+from ..embedding_memo import EmbeddingMemo
 from ..errors import ImageBindLLMError
 from ..pipeline import Pipeline
 from . import handlers as H
@@ -469,7 +470,8 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
     another process), False: off. ``prefix_cache_mb``: memory for the keys and values of
     finished answers, so that a chat's next turn prefills only its new tokens
     (:meth:`Pipeline.enable_prefix_cache`); None: :data:`DEFAULT_PREFIX_CACHE_MB` (0 on
-    ZeroGPU, whose calls run in other processes); 0: off.
+    ZeroGPU, whose calls run in other processes); 0: off. The embeddings of the files asked
+    about lately are kept too (:mod:`imagebind_llm.embedding_memo`; not on ZeroGPU).
     """
     if max_bytes is None:
         max_bytes = pipeline.embedder.options.max_bytes
@@ -480,6 +482,8 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
     current = getattr(pipeline, "prefix_cache", None)
     if (current.max_bytes if current is not None else 0) != prefix_bytes:
         pipeline.enable_prefix_cache(prefix_bytes)
+    if local and pipeline.embedder.memo is None:  # a second question about a file skips its encoding
+        pipeline.embedder.memo = EmbeddingMemo()
     if batch_decoding is None:
         batch_decoding = True if concurrency > 1 and local else None
     batcher = getattr(pipeline, "batcher", None)
