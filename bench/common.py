@@ -137,6 +137,44 @@ def random_7b_model(device, dtype):
     return model.eval().requires_grad_(False)
 
 
+def write_random_llm(folder, dim: int, n_layers: int, head_dim: int = 64) -> dict:
+    """The toy-world model's ImageBind and tokenizer with a language model of another shape and
+    random weights, the LLaMA and the adapter written in the official formats under ``folder``:
+    a model whose decoding, not the rest of the app, takes most of the time, as a released
+    model's does. Returns the app's model flags as a dict (imagebind, imagebind_config, llama,
+    adapter, tokenizer)."""
+    from pathlib import Path
+
+    import torch
+
+    from imagebind_llm import presets
+    from imagebind_llm.config import ImageBindLLMConfig, LlamaConfig
+    from imagebind_llm.model import ImageBindLLM
+    from imagebind_llm.tokenizer import Tokenizer
+    from imagebind_llm.weights import (infer_adapter_config, llama_shapes, project_to_adapter, read_adapter,
+                                       write_adapter, write_meta_llama)
+
+    if not presets.toyworld_available():
+        raise RuntimeError("a random language model needs the toy-world model's ImageBind and tokenizer, "
+                           "which are not installed")
+    files = presets.verify_manifest(presets.TOYWORLD_DIR)
+    toy_layers = json.loads(Path(files["llama/params.json"]).read_text())["n_layers"]
+    toy = infer_adapter_config(read_adapter(files["adapter.pth"]), n_layers=toy_layers)
+    llama = LlamaConfig(dim=dim, n_layers=n_layers, n_heads=dim // head_dim,
+                        vocab_size=Tokenizer(files["tokenizer.model"]).n_words)
+    adapter = type(toy)(**{**vars(toy), "query_layer": min(toy.query_layer, n_layers)})
+    with torch.device("meta"):
+        model = ImageBindLLM(ImageBindLLMConfig(llama, adapter))
+    model = model.to_empty(device="cpu")
+    cheap_random_init(model)
+    folder = Path(folder)
+    state = model.state_dict()
+    write_meta_llama({key: state["llama." + key] for key in llama_shapes(llama)}, llama, folder / "llama")
+    write_adapter(project_to_adapter(model), folder / "adapter.pth")
+    return {"imagebind": files["imagebind.pth"], "imagebind_config": files["imagebind.json"],
+            "llama": folder / "llama", "adapter": folder / "adapter.pth", "tokenizer": files["tokenizer.model"]}
+
+
 def fmt_number(value: float | None, digits: int = 3) -> str:
     """A figure for a table: '-' for none, whole numbers from 100 up, else ``digits`` significant."""
     if value is None:

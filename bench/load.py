@@ -123,6 +123,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=None,
                    help="the app's --concurrency (default: --clients)")
     p.add_argument("--preset", default=None, help="the app's model preset (default: the default preset)")
+    p.add_argument("--random-llm", default=None, metavar="DIM,LAYERS",
+                   help="serve the toy-world model's ImageBind and tokenizer with a language model of this "
+                        "width and depth and random weights (written to a temporary folder, about "
+                        "16 x DIM^2 x LAYERS bytes): a model whose decoding takes most of the time, as a "
+                        "released model's does (e.g. 2048,16: 0.9 B parameters)")
     p.add_argument("--tokenizer", type=Path, default=None,
                    help="tokenizer.model to count tokens with (default: the preset's, when it has one)")
     p.add_argument("--count", choices=("tokens", "words"), default="tokens",
@@ -145,6 +150,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.max_new_tokens = args.max_new_tokens or 32
     args.batching = args.batching if args.batching is not None else [False, True]
     args.concurrency = args.concurrency or args.clients
+    if args.random_llm is not None:
+        try:
+            args.random_llm = tuple(int(v) for v in args.random_llm.split(","))
+            if len(args.random_llm) != 2 or min(args.random_llm) < 1 or args.random_llm[0] % 64:
+                raise ValueError
+        except ValueError:
+            p.error(f"--random-llm: expected DIM,LAYERS with DIM a multiple of 64, got {args.random_llm!r}")
+        if args.url or args.preset:
+            p.error("--random-llm starts its own app: it goes with neither --url nor --preset")
     if args.clients < 1 or args.requests < 1 or args.warmup < 0 or args.max_new_tokens < 1 or args.concurrency < 1:
         p.error("--clients, --requests, --max-new-tokens and --concurrency must be >= 1, --warmup >= 0")
     return args
@@ -169,12 +183,13 @@ def _no_proxy_open(url: str, timeout: float):
 class App:
     """``python app.py`` in its own process group, serving on 127.0.0.1."""
 
-    def __init__(self, args, batching: bool, preset: str):
+    def __init__(self, args, batching: bool, model: list[str]):
+        """``model``: the app's model flags (``--preset NAME``, or the files of a model)."""
         self.port = args.port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port),
                         "--concurrency", str(args.concurrency),
-                        "--batch-decoding" if batching else "--no-batch-decoding", "--preset", preset, *args.app_arg]
+                        "--batch-decoding" if batching else "--no-batch-decoding", *model, *args.app_arg]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="imagebind-load-app-", suffix=".log", delete=False)
         env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
@@ -614,20 +629,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         preset = args.preset or DEFAULT_PRESET
     else:
         preset = args.preset  # only to find the tokenizer
-    count, info["counted"] = make_counter(args, preset)
     phases: list[PhaseResult] = []
     with tempfile.TemporaryDirectory(prefix="imagebind-load-") as tmp:
+        model_flags, described = ["--preset", preset], f"preset {preset}"
+        if args.random_llm is not None:
+            from common import write_random_llm
+
+            dim, layers = args.random_llm
+            print(f"# writing a random {dim}-wide, {layers}-layer language model ...", flush=True)
+            files = write_random_llm(Path(tmp) / "model", dim, layers)
+            model_flags = [f"--{name.replace('_', '-')}={path}" for name, path in files.items()]
+            described = f"random language model {dim} wide, {layers} layers (toy-world ImageBind and tokenizer)"
+            args.tokenizer = args.tokenizer or files["tokenizer"]
+        count, info["counted"] = make_counter(args, preset)
         image = make_image(Path(tmp)) if args.endpoint == "ask_image" else None
         if args.url is not None:
             info["app"] = f"{args.url} as served"
             print(f"# attached to {args.url}", flush=True)
             phases += measure(args.url, "as served", args, image, count)
         else:
-            info["app"] = (f"started here: preset {preset}, --concurrency {args.concurrency}"
+            info["app"] = (f"started here: {described}, --concurrency {args.concurrency}"
                            + (f", {' '.join(args.app_arg)}" if args.app_arg else ""))
             for batching in args.batching:
                 label = "on" if batching else "off"
-                app = App(args, batching, preset)
+                app = App(args, batching, model_flags)
                 try:
                     print(f"# starting the app: {' '.join(app.command[1:])}", flush=True)
                     took = app.wait_until_serving(args.startup_timeout)

@@ -72,3 +72,39 @@ def test_the_clients_message_reader_sleeps_at_most_five_milliseconds(monkeypatch
     shim.sleep(0.05)  # what its reader sleeps when no message is waiting
     shim.sleep(0.001)
     assert slept == [load.CLIENT_READ_S, 0.001] and load.CLIENT_READ_S == 0.005
+
+
+def test_a_random_language_model_of_the_given_shape_is_served(tmp_path):
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--quick", "--batching", "on",
+                          "--random-llm", "128,3", "--json", str(tmp_path / "load.json")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "random language model 128 wide, 3 layers" in run.stdout
+    saved = json.loads((tmp_path / "load.json").read_text())
+    assert len(saved["phases"]) == 2 and all(p["errors"] == 0 and p["tokens"] > 0 for p in saved["phases"])
+
+
+def test_random_model_shapes_are_checked():
+    load = load_script(ROOT / "bench" / "load.py", "bench_load")
+    assert load.parse_args(["--random-llm", "256,2"]).random_llm == (256, 2)
+    for wrong in (["--random-llm", "100,2"], ["--random-llm", "256"], ["--random-llm", "256,2", "--preset", "toyworld"]):
+        try:
+            load.parse_args(wrong)
+        except SystemExit:
+            continue
+        raise AssertionError(f"{wrong} was accepted")
+
+
+def test_the_random_model_files_load_as_a_pipeline(tmp_path):
+    common = load_script(ROOT / "bench" / "common.py", "bench_common")
+    files = common.write_random_llm(tmp_path, 128, 3)
+    from imagebind_llm.cli import imagebind_config
+    from imagebind_llm.pipeline import Pipeline
+
+    pipeline = Pipeline.from_paths(imagebind=files["imagebind"], imagebind_config=imagebind_config(str(files["imagebind_config"])),
+                                   llama=files["llama"], adapter=files["adapter"], tokenizer=files["tokenizer"])
+    llama = pipeline.model.config.llama
+    assert (llama.dim, llama.n_layers, llama.n_heads) == (128, 3, 2)
+    assert llama.vocab_size == pipeline.tokenizer.n_words
+    assert pipeline.model.config.adapter.query_layer <= 3
