@@ -125,8 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", default=None, help="the app's model preset (default: the default preset)")
     p.add_argument("--random-llm", default=None, metavar="DIM,LAYERS",
                    help="serve the toy-world model's ImageBind and tokenizer with a language model of this "
-                        "width and depth and random weights (written to a temporary folder, about "
-                        "16 x DIM^2 x LAYERS bytes): a model whose decoding takes most of the time, as a "
+                        "width and depth and random weights (written to a temporary folder in float32, about "
+                        "55 x DIM^2 x LAYERS bytes: 3.7 GB for 2048,16): a model whose decoding takes most of the time, as a "
                         "released model's does (e.g. 2048,16: 0.9 B parameters)")
     p.add_argument("--tokenizer", type=Path, default=None,
                    help="tokenizer.model to count tokens with (default: the preset's, when it has one)")
