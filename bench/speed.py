@@ -348,8 +348,8 @@ def ttft_case(imagebind, model, kind: str, image: str, prompt: list[int], repeat
     """Image file + prompt -> first token: encode, bind network, prefill, first token (streaming)."""
     import torch
 
-    from imagebind_llm.fast_decode import get_decoder
-    from imagebind_llm.generation import GenerationConfig, generate_tokens
+    from imagebind_llm.fast_decode import decode_tokens
+    from imagebind_llm.generation import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=1, temperature=0.0)
     best = None
@@ -361,11 +361,7 @@ def ttft_case(imagebind, model, kind: str, image: str, prompt: list[int], repeat
             query = model.visual_query(feature.to(model.device))
         sync(model.device)
         encoded = time.perf_counter()
-        if kind == "eager":
-            steps = generate_tokens(model, [prompt], config, visual_query=query, eos_id=None)
-        else:
-            steps = get_decoder(model, kind).generate_tokens([prompt], config, visual_query=query,
-                                                             eos_id=None)
+        steps = decode_tokens(model, [prompt], config, decoder=kind, visual_query=query, eos_id=None)
         token = next(iter(steps))
         ended = time.perf_counter()
         run = {"decoder": kind, "encode_ms": 1e3 * (encoded - started), "ttft_ms": 1e3 * (ended - started),
@@ -384,8 +380,8 @@ def ttft_again_case(imagebind, model, kind: str, image: str, prompt: list[int], 
 
     from imagebind_llm.embedding import Embedder, Media
     from imagebind_llm.embedding_memo import EmbeddingMemo
-    from imagebind_llm.fast_decode import get_decoder
-    from imagebind_llm.generation import GenerationConfig, generate_tokens
+    from imagebind_llm.fast_decode import decode_tokens
+    from imagebind_llm.generation import GenerationConfig
     from imagebind_llm.prefix_cache import PrefixCache
 
     config = GenerationConfig(max_new_tokens=1, temperature=0.0)
@@ -397,11 +393,8 @@ def ttft_again_case(imagebind, model, kind: str, image: str, prompt: list[int], 
         feature = embedder.embed_media([Media("image", image)])
         with torch.inference_mode():
             query = model.visual_query(feature.to(model.device))
-        if kind == "eager":
-            steps = generate_tokens(model, [tokens], config, visual_query=query, eos_id=None, prefix_cache=cache)
-        else:
-            steps = get_decoder(model, kind).generate_tokens([tokens], config, visual_query=query, eos_id=None,
-                                                             prefix_cache=cache)
+        steps = decode_tokens(model, [tokens], config, decoder=kind, visual_query=query, eos_id=None,
+                              prefix_cache=cache)
         return next(iter(steps))[0]
 
     expected = first_token(Embedder(imagebind), second, None)
@@ -428,8 +421,8 @@ def chat_ttft_case(model, kind: str, history: int, answer: int, question: int, r
     the new turn's prompt is all of that plus ``question`` tokens. "on": a prefix cache that holds
     what the earlier turn left (the app's state between two turns); every repeat starts from
     such a cache, so the timed turn never reuses itself."""
-    from imagebind_llm.fast_decode import get_decoder
-    from imagebind_llm.generation import GenerationConfig, generate_tokens
+    from imagebind_llm.fast_decode import decode_tokens
+    from imagebind_llm.generation import GenerationConfig
     from imagebind_llm.prefix_cache import PrefixCache
 
     vocab = model.config.llama.vocab_size
@@ -438,10 +431,7 @@ def chat_ttft_case(model, kind: str, history: int, answer: int, question: int, r
 
     def first_token(prompt, new_tokens, cache):
         config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
-        if kind == "eager":
-            steps = generate_tokens(model, [prompt], config, eos_id=None, prefix_cache=cache)
-        else:
-            steps = get_decoder(model, kind).generate_tokens([prompt], config, eos_id=None, prefix_cache=cache)
+        steps = decode_tokens(model, [prompt], config, decoder=kind, eos_id=None, prefix_cache=cache)
         return [step[0] for step in steps]
 
     best: dict = {}

@@ -678,12 +678,13 @@ def resolve_decoder(model, kind: str | None) -> str:
 
 def decode_tokens(model, prompts: Sequence[Sequence[int]], config: GenerationConfig, *,
                   decoder: str | None = "eager", visual_query: torch.Tensor | None = None,
-                  eos_id: int | None = 2, cancel: CancelCheck = None) -> Iterator[list[int | None]]:
+                  eos_id: int | None = 2, cancel: CancelCheck = None,
+                  prefix_cache: PrefixCache | None = None) -> Iterator[list[int | None]]:
     """:func:`~imagebind_llm.generation.generate_tokens` with the decoder ``decoder`` (see
-    :data:`DECODERS`)."""
+    :data:`DECODERS`; None: :func:`resolve_decoder`'s default)."""
     kind = resolve_decoder(model, decoder)
     if kind == "eager":
         return generate_tokens(model, prompts, config, visual_query=visual_query, eos_id=eos_id,
-                               cancel=cancel)
+                               cancel=cancel, prefix_cache=prefix_cache)
     return get_decoder(model, kind).generate_tokens(prompts, config, visual_query=visual_query, eos_id=eos_id,
-                                                    cancel=cancel)
+                                                    cancel=cancel, prefix_cache=prefix_cache)

@@ -30,7 +30,7 @@ from .embedding import Embedder, Media
 from .encoders.imagebind import ImageBind
 from .errors import InputError
 from .fusion import FusionMode, fuse
-from .generation import CancelCheck, GenerationConfig, generate_tokens
+from .generation import CancelCheck, GenerationConfig
 from .model import ImageBindLLM
 from .preprocess import PreprocessOptions
 from .prompts import Turn, fit_chat, format_prompt, validate_question
@@ -224,16 +224,11 @@ class Pipeline:
             yield from self.batcher.stream(prompt_ids, visual_query, settings.generation,
                                            eos_id=self.tokenizer.eos_id, cancel=cancel)
             return
-        kind = self.decoder_kind()
-        if kind == "eager":  # the plain loop
-            steps = generate_tokens(self.model, [prompt_ids], settings.generation, visual_query=visual_query,
-                                    eos_id=self.tokenizer.eos_id, cancel=cancel, prefix_cache=self.prefix_cache)
-        else:
-            from .fast_decode import get_decoder
+        from .fast_decode import decode_tokens
 
-            steps = get_decoder(self.model, kind).generate_tokens(
-                [prompt_ids], settings.generation, visual_query=visual_query, eos_id=self.tokenizer.eos_id,
-                cancel=cancel, prefix_cache=self.prefix_cache)
+        steps = decode_tokens(self.model, [prompt_ids], settings.generation, decoder=self.decoder,
+                              visual_query=visual_query, eos_id=self.tokenizer.eos_id, cancel=cancel,
+                              prefix_cache=self.prefix_cache)
         for step in steps:
             if step[0] is not None:
                 yield step[0]
