@@ -368,11 +368,10 @@ class DecodeBatcher:
         self._batch_injections = None
 
     def _keep_prefix(self, prefix_cache: PrefixCache, request: _Request) -> None:
-        """Hand the finished request's keys and values to the prefix cache (columns 0 ..
-        length-1 hold its prompt and the answer tokens fed so far)."""
-        tokens = (request.prompt + request.generated)[:request.length]
+        """Hand the finished request's keys and values to the prefix cache."""
         try:
-            prefix_cache.store(tokens, request.visual_query, self._keys, self._values, request.slot)
+            prefix_cache.keep_request(request.prompt, request.generated, request.visual_query, self._keys,
+                                      self._values, request.slot)
         except Exception:  # noqa: BLE001 - only an optimisation: the answer is already complete
             log.exception("decode batcher: could not keep a finished request's keys and values")
 

@@ -372,7 +372,7 @@ class StaticDecoder:
 
     def _start(self, plan: _Plan, visual_query: torch.Tensor | None, prefix_cache: PrefixCache | None = None):
         """Fill the buffers for a request and prefill it: (state, first logits, padding mask).
-        ``visual_query`` is on the model's device; ``prefix_cache`` only given for one prompt."""
+        ``prefix_cache`` is only given for one prompt."""
         model = self.model
         device = model.device
         self._hooks = _has_hooks(model.llama)
@@ -445,10 +445,10 @@ class StaticDecoder:
             visual_query = visual_query.to(device)
         generated: list[int] = []  # row 0's tokens, for the prefix cache
 
-        def keep() -> None:  # the prompt and every answer token but the last are in the cache
+        def keep() -> None:
             if prefix_cache is not None and state is not None:
                 with torch.inference_mode():
-                    prefix_cache.store(plan.prompts[0] + generated[:-1], visual_query, state.keys, state.values)
+                    prefix_cache.keep_request(plan.prompts[0], generated, visual_query, state.keys, state.values)
 
         ahead = device.type == "cuda"
         generator = None

@@ -157,10 +157,10 @@ def generate_tokens(
     if config.seed is not None and config.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(config.seed)
 
-    def keep() -> None:  # columns 0 .. start-1 hold the prompt and the answer tokens fed so far
+    def keep() -> None:
         if reuse is not None:
             with torch.inference_mode():
-                reuse.store((list(prompts[0]) + generated)[:start], visual_query, cache.keys, cache.values)
+                reuse.keep_request(prompts[0], generated, visual_query, cache.keys, cache.values)
 
     done = [False] * batch
     produced = [0] * batch

@@ -127,6 +127,15 @@ class PrefixCache:
         values[:, row, :, :length] = entry.values[:, :, :length]
         return length
 
+    def keep_request(self, prompt: Sequence[int], answer: Sequence[int], visual_query: torch.Tensor | None,
+                     keys: torch.Tensor, values: torch.Tensor, row: int = 0) -> bool:
+        """Keep what a request left in row ``row`` once it produced ``answer`` (its tokens, EOS
+        included): its prompt and every answer token but the last, which was produced but never
+        fed. Nothing before its first token (the prefill may not have run). Returns whether kept."""
+        if not answer:
+            return False
+        return self.store(list(prompt) + list(answer[:-1]), visual_query, keys, values, row)
+
     def store(self, tokens: Sequence[int], visual_query: torch.Tensor | None, keys: torch.Tensor,
               values: torch.Tensor, row: int = 0) -> bool:
         """Keep the keys and values of ``tokens``, which sit in row ``row`` of ``keys``/``values``

@@ -63,6 +63,14 @@ def test_restore_copies_the_longest_known_prefix_and_leaves_one_token_to_prefill
     assert cache.stats.lookups == 4 and cache.stats.hits == 3 and cache.stats.reused_tokens == 10
 
 
+def test_a_finished_request_leaves_its_prompt_and_every_answer_token_but_the_last():
+    cache = PrefixCache(1 << 20)
+    assert not cache.keep_request([1, 2, 3], [], None, *kv())  # stopped before its first token
+    assert len(cache) == 0
+    assert cache.keep_request([1, 2, 3], [7, 8, 9], None, *kv())  # 9 was produced, never fed
+    assert cache.restore([1, 2, 3, 7, 8, 9, 4], None, *kv()) == 5
+
+
 def test_entries_are_kept_per_visual_query():
     cache = PrefixCache(1 << 20)
     query = torch.randn(1, 1, 8)
