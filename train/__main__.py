@@ -1,5 +1,7 @@
 """``python -m train`` (and ``torchrun ... -m train``)."""
 
+import logging
+import os
 import sys
 
 from . import main
@@ -11,3 +13,13 @@ except KeyboardInterrupt:
     sys.exit(130)
 except ConfigError as error:  # a wrong key or value: the message says which; no traceback needed
     sys.exit(f"python -m train: configuration error: {error}")
+
+if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    # Under torchrun, skip the interpreter's teardown once the run has finished: the process group
+    # is destroyed, but gloo's worker threads can still hold tensors whose release at
+    # finalisation aborts the process now and then ("terminate called without an active
+    # exception") after a run that succeeded. Everything is written and flushed by now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
