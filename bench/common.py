@@ -11,6 +11,8 @@ import resource
 import sys
 import threading
 
+from imagebind_llm.precision import cheap_random_init  # noqa: F401 - shared with the bench scripts
+
 
 class PeakMemory:
     """Peak memory of a block. CUDA: ``torch.cuda.max_memory_allocated`` during the block.
@@ -87,39 +89,6 @@ def trim_heap() -> None:
             import ctypes
 
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def cheap_random_init(model, seed: int = 0, skip=lambda name: False) -> None:
-    """Fill a (possibly ``to_empty``) model with random values fast: slices of one shared
-    normal pool scaled by fan-in (norms 1, biases 0). The values only need to be finite and of
-    a realistic scale: timings do not depend on them. ``skip(name)`` keeps a tensor as is."""
-    import torch
-    from torch import nn
-
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    largest = max(p.numel() for p in model.parameters())
-    pool = torch.randn(min(largest, 1 << 24) + 4099, generator=generator)
-    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-    counter = 0
-    with torch.no_grad():
-        for module_name, module in model.named_modules():
-            for name, param in module.named_parameters(recurse=False):
-                full = f"{module_name}.{name}" if module_name else name
-                if skip(full):
-                    continue
-                if isinstance(module, norms) or type(module).__name__ == "RMSNorm":
-                    param.fill_(1.0 if name == "weight" else 0.0)
-                    continue
-                if name == "bias":
-                    param.zero_()
-                    continue
-                std = 0.02 if param.ndim < 2 or isinstance(module, nn.Embedding) else param[0].numel() ** -0.5
-                flat = param.view(-1)
-                for start in range(0, flat.numel(), pool.numel() - 4099):
-                    chunk = flat[start:start + pool.numel() - 4099]
-                    offset = (counter * 4099) % 4099
-                    chunk.copy_(pool[offset:offset + chunk.numel()].to(chunk.dtype)).mul_(std)
-                    counter += 1
 
 
 def random_7b_model(device, dtype):

@@ -21,6 +21,10 @@ What is measured (greedy decoding, every row runs its full length):
   project / baseline. ``same`` says whether the decoder gave the baseline's tokens. On a CPU
   also ``tok/cpu-s``: tokens per second of the process's CPU time (steadier than the wall clock
   on a shared machine; with several threads it counts the time of every thread).
+* **bfloat16 on a CPU**: the float32 model (the small one) also decoded in bfloat16 (a converted
+  copy, ``static, bfloat16``; ``same`` then says whether the rounding changed the greedy
+  tokens), and the choice ``--dtype auto`` makes for a float32 model of each model's widths
+  (imagebind_llm/precision.py).
 * **time to first token** for an image plus a ``--prompt``-token prompt (30): preprocessing and
   ImageBind encoding of a 640x480 JPEG, the bind network, the prefill and the first token.
 * **a chat's next turn**: time to first token of a prompt of ``--chat-history`` tokens of earlier
@@ -554,6 +558,8 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
     result: dict = {"model": name, "decode": [], "ttft": [], "encode": [], "skipped": None}
     if name == "7b":
         need = seven_b_bytes() + 2.6e9 + 1.0e9  # LLaMA + ImageBind huge (bf16) + activations and caches
+        if cpu:
+            need += 2.7e9  # --dtype auto's float32 probe of these widths (imagebind_llm/precision.py)
         free = free_memory_bytes(device)
         if free is not None and free < need:
             result["skipped"] = (f"the 7B-shaped model needs about {need / 1e9:.1f} GB, "
@@ -614,6 +620,22 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
         print(f"LoRA merged into {result['lora_merged']} projections: "
               f"{result['weight_bytes'] / 2**20:.1f} MiB of weights read per step (BW %)", flush=True)
 
+    # On a CPU, the float32 model's decoding in bfloat16 too (a converted copy), and what
+    # --dtype auto's probe chooses (imagebind_llm/precision.py): bfloat16 is one of the CPU's
+    # candidates, but it changes answers, so it is only chosen when asked for.
+    bf16_model = None
+    if cpu:
+        from imagebind_llm.precision import choose_dtype
+
+        chosen, probe = choose_dtype(model.config, device)
+        result["dtype_auto"] = {"chosen": str(chosen).replace("torch.", ""), "probe_s_per_token": probe}
+        print(f"--dtype auto chooses {result['dtype_auto']['chosen']} for a float32 model of these widths "
+              "(probe: " + ", ".join(f"{k} {1e3 * v:.2f} ms/token" for k, v in probe.items()) + ")", flush=True)
+    if cpu and not slow and model.dtype == torch.float32:
+        import copy
+
+        bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+
     # decode tokens/s
     rows = []
     for batch in args.batches:
@@ -626,6 +648,10 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
                                          warmup=not slow or kind == "compiled"))
             except Exception as error:  # noqa: BLE001 - report and go on
                 notes.append(f"[{name}] decoder {kind} at batch {batch} failed: {error}")
+        if bf16_model is not None:
+            case = decode_case(bf16_model, "static", batch, prompt_len, new_tokens, repeats, warmup=True)
+            case.update(decoder="static, bfloat16", weight_bytes=weight_bytes(bf16_model))
+            cases.append(case)
         if args.official is not None:
             cases.append(run_official(args, model, batch, prompt_len, new_tokens, repeats, device, notes,
                                       name))
@@ -639,7 +665,8 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
             case["same_tokens"] = case["tokens"] == baseline["tokens"] if "tokens" in case else None
             if bandwidth:
                 steps_per_s = case["decode_tok_s"] / case["batch"]
-                case["bandwidth_pct"] = 100 * result["weight_bytes"] * steps_per_s / (bandwidth * 1e9)
+                case["bandwidth_pct"] = (100 * case.get("weight_bytes", result["weight_bytes"]) * steps_per_s
+                                         / (bandwidth * 1e9))
             result["decode"].append(case)
             row = [name, str(batch), case["decoder"], fmt(case["decode_tok_s"], 2), fmt(case["x_eager"], 2)]
             if cpu:
@@ -657,6 +684,7 @@ def bench_model(name: str, args, device, bandwidth: float | None, media: dict, n
     if any(case["decoder"] == "official" for case in result["decode"]):
         print(f"official: float16 weights under autocast, as its loader builds them; {name} runs in "
               f"{result['dtype']}, so 'same' compares two roundings of the same weights")
+    del bf16_model
     for batch, case in apart.items():
         print(f"{name} batch {batch}: static decoder, LoRA merged / apart = {case['x_merged']:.2f}x "
               "(alternating runs)")

@@ -76,8 +76,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, language_model: bool = 
                            help="CPU threads for PyTorch: a number, or auto (default): the fewest that "
                                 "answer about as fast as PyTorch's default, timed at start on a CPU "
                                 "(imagebind_llm/threads.py)")
-    group.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                       help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    if language_model:
+        group.add_argument("--dtype", choices=[*sorted(DTYPES), "auto"], default=None,
+                           help="weights dtype (default: bfloat16 on GPU, float32 on CPU); auto: on a CPU the "
+                                "language model in the faster of float32 and bfloat16, measured at start "
+                                "(bfloat16 can change answers; imagebind_llm/precision.py)")
+    else:
+        group.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                           help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     group.add_argument("--mode", choices=("corrected", "official"), default="corrected",
                        help="preprocessing: the corrected default or the exact official behaviour")
     memory = parser.add_argument_group("memory (README: Memory)")
@@ -119,9 +125,11 @@ def memory_options(args) -> dict:
 
 def load_pipeline(args):
     """The pipeline the model flags name, with PyTorch's thread count set (``--threads``)."""
+    from .precision import apply_dtype
     from .threads import apply_threads
 
     pipeline = _load_pipeline(args)
+    apply_dtype(pipeline, args.dtype)  # before the threads: their probe runs in the dtype kept
     apply_threads(pipeline, getattr(args, "threads", "auto"))
     return pipeline
 
@@ -130,7 +138,8 @@ def _load_pipeline(args):
     from .pipeline import Pipeline
     from .preprocess import PreprocessOptions
 
-    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
+    # 'auto' loads the device's default; load_pipeline then measures (imagebind_llm/precision.py)
+    dtype = DTYPES[args.dtype] if args.dtype in DTYPES else default_dtype(args.device)
     preprocess = PreprocessOptions(mode=args.mode)
     if args.preset or not (args.imagebind and args.llama and args.adapter):
         from .presets import load_preset_pipeline

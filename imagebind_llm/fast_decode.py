@@ -42,10 +42,9 @@ Decoders (``kind``):
   (about 6 s when inductor's on-disk cache already holds the graph), for decode steps of 0.52 ms
   against 0.62 (static) and 0.78 (eager) on the small preset, nothing on a memory-bound 7B, and
   tokens that are not guaranteed bit-identical; so ``compiled`` is only tried on a CPU when
-  ``IMAGEBIND_LLM_CPU_COMPILE=1``. bfloat16 activations
-  for a float32 model are never chosen automatically: they change greedy answers (the answers
-  must not depend on a speed setting); load the model in bfloat16 (``--dtype bfloat16``) to trade
-  exactness for speed explicitly.
+  ``IMAGEBIND_LLM_CPU_COMPILE=1``. A decoder never changes the model's dtype: bfloat16 changes
+  greedy answers, which must not depend on the decoder; ``--dtype auto``
+  (:mod:`imagebind_llm.precision`) is where the faster of float32 and bfloat16 is chosen, by name.
 
 The default (no decoder named, no ``IMAGEBIND_LLM_DECODER``) is :func:`default_decoder`:
 ``static`` on a CPU, where its steps run 1.15 to 1.3 times faster (CPU time) than the eager

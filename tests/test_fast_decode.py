@@ -299,8 +299,16 @@ def test_bench_speed_quick_prints_its_tables(tmp_path):
     assert (tmp_path / "media" / "photo.jpg").is_file()  # --media keeps the inputs
     saved = json.loads(out.read_text())
     rows = saved["models"][0]["decode"]
-    assert {r["decoder"] for r in rows} == {"eager", "static", "static, LoRA apart"}
-    assert all(r["decode_tok_s"] > 0 and r["same_tokens"] for r in rows)  # merged or not, the same tokens
+    assert {r["decoder"] for r in rows} == {"eager", "static", "static, LoRA apart", "static, bfloat16"}
+    float32 = [r for r in rows if r["decoder"] != "static, bfloat16"]
+    assert all(r["decode_tok_s"] > 0 and r["same_tokens"] for r in float32)  # merged or not, the same tokens
+    bf16 = next(r for r in rows if r["decoder"] == "static, bfloat16")  # half the bytes read per step
+    assert bf16["decode_tok_s"] > 0 and bf16["same_tokens"] in (True, False)
+    assert bf16["bandwidth_pct"] == pytest.approx(float32[0]["bandwidth_pct"] / 2 * bf16["steps_per_s"]
+                                                  / float32[0]["steps_per_s"], rel=0.01)
+    auto = saved["models"][0]["dtype_auto"]
+    assert auto["chosen"] in ("float32", "bfloat16") and set(auto["probe_s_per_token"]) == {"float32", "bfloat16"}
+    assert f"--dtype auto chooses {auto['chosen']} for a float32 model of these widths" in printed
     assert saved["models"][0]["lora_merged"] > 0
     assert re.search(r"^small batch 1: static decoder, LoRA merged / apart = [0-9.]+x", printed, re.MULTILINE)
     again = [c for c in saved["models"][0]["ttft"] if c["decoder"] == "static, same image again"]

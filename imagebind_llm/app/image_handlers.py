@@ -114,7 +114,7 @@ def load_app_generator(args: Any, pipeline: Pipeline | None = None) -> ImageGene
     from ..cli import DTYPES
 
     device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype] if getattr(args, "dtype", None) else default_unclip_dtype(device)
+    dtype = DTYPES.get(getattr(args, "dtype", None) or "") or default_unclip_dtype(device)  # also for 'auto'
     generator = ImageGenerator(source, device=device, dtype=dtype, progress_bar=False)
     if pipeline is not None and generator.embedding_dim != pipeline.imagebind.config.embed_dim:
         raise InputError("--unclip", f"{source} is conditioned on {generator.embedding_dim}-wide image embeddings "

@@ -114,9 +114,10 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
                  "skip_base_check", "batch_decoding"):  # environment defaults are strings
         if isinstance(getattr(args, dest), str):
             setattr(args, dest, _flag(getattr(args, dest)))
-    for dest in ("dtype", "imagebind_dtype"):
-        if getattr(args, dest) is not None and getattr(args, dest) not in ("float32", "float16", "bfloat16"):
-            parser.error(f"--{dest.replace('_', '-')} / {ENVIRONMENT[dest]} must be float32, float16 or bfloat16, "
+    for dest, auto in (("dtype", ("auto",)), ("imagebind_dtype", ())):
+        if getattr(args, dest) is not None and getattr(args, dest) not in ("float32", "float16", "bfloat16", *auto):
+            accepted = "float32, float16, bfloat16 or auto" if auto else "float32, float16 or bfloat16"
+            parser.error(f"--{dest.replace('_', '-')} / {ENVIRONMENT[dest]} must be {accepted}, "
                          f"got {getattr(args, dest)!r}")
     if args.quantize is not None and args.quantize not in ("int8", "int4"):
         parser.error(f"--quantize / {ENVIRONMENT['quantize']} must be int8 or int4, got {args.quantize!r}")

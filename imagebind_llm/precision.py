@@ -1,0 +1,162 @@
+"""``--dtype auto``: the language model's dtype chosen by speed (the faster of float32 and
+bfloat16 on a CPU; bfloat16 on a GPU).
+
+Decoding reads every weight once per token, so bfloat16 weights (half the bytes) decode faster
+where reading memory is the limit; but a CPU's bfloat16 matrix kernels are slower than its
+float32 ones where the weights are small enough to stay in its caches. On the 2-core test
+machine (no AMX) the static decoder took, per token:
+
+=====================  =========  =========
+model                  float32    bfloat16
+=====================  =========  =========
+toy world (dim 128)    1.1 ms     2.1 ms
+dim 512, 8 layers      21.4 ms    17.2 ms
+dim 2048, 8 layers     131 ms     85 ms
+=====================  =========  =========
+
+so neither is right for every model; ``auto`` measures. The probe is a model of the loaded one's
+widths (vocabulary, dim, SwiGLU width, heads, adapter) with :data:`PROBE_LAYERS` layers and
+random weights (a token's time does not depend on their values), decoded greedily by the
+device's default decoder in float32 and in bfloat16; bfloat16 is kept when it is
+:data:`MARGIN` faster. The loaded model (float32) is then converted in place, after its LoRA
+merge, so each weight is rounded once. The probe takes about 0.2 s for the toy world and
+15 s at LLaMA-7B's widths (2.7 GB more memory while it runs: two layers, embedding and head).
+
+bfloat16 changes answers: it keeps about three significant digits, so logits move and a greedy
+answer can take another word where two were close. That is why float32 stays the CPU default
+and ``auto`` is asked for by name. The ImageBind encoders keep their dtype
+(``--imagebind-dtype``); a quantised model keeps its activation dtype (not measured).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: Layers of the probe model: enough that the layers, not the output head, are most of a step.
+PROBE_LAYERS = 2
+#: bfloat16 must be this much faster (a fraction of float32's time) to be chosen.
+MARGIN = 0.10
+#: The setting that asks for the measured choice.
+AUTO = "auto"
+
+
+def cheap_random_init(model: nn.Module, seed: int = 0, skip=lambda name: False) -> None:
+    """Fill a (possibly ``to_empty``) model with random values fast: slices of one shared
+    normal pool scaled by fan-in (norms 1, biases 0). The values only need to be finite and of
+    a realistic scale: timings do not depend on them. ``skip(name)`` keeps a tensor as is."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    largest = max(p.numel() for p in model.parameters())
+    pool = torch.randn(min(largest, 1 << 24) + 4099, generator=generator)
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    counter = 0
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            for name, param in module.named_parameters(recurse=False):
+                full = f"{module_name}.{name}" if module_name else name
+                if skip(full):
+                    continue
+                if isinstance(module, norms) or type(module).__name__ == "RMSNorm":
+                    param.fill_(1.0 if name == "weight" else 0.0)
+                    continue
+                if name == "bias":
+                    param.zero_()
+                    continue
+                std = 0.02 if param.ndim < 2 or isinstance(module, nn.Embedding) else param[0].numel() ** -0.5
+                flat = param.view(-1)
+                for start in range(0, flat.numel(), pool.numel() - 4099):
+                    chunk = flat[start:start + pool.numel() - 4099]
+                    offset = (counter * 4099) % 4099
+                    chunk.copy_(pool[offset:offset + chunk.numel()].to(chunk.dtype)).mul_(std)
+                    counter += 1
+
+
+def probe_model(config, dtype: torch.dtype, device="cpu", layers: int = PROBE_LAYERS):
+    """An :class:`~imagebind_llm.model.ImageBindLLM` of ``config``'s widths with ``layers``
+    layers (every one injected) and random weights, in ``dtype``."""
+    from .config import ImageBindLLMConfig
+    from .model import ImageBindLLM
+
+    layers = min(layers, config.llama.n_layers)
+    small = ImageBindLLMConfig(replace(config.llama, n_layers=layers),
+                               replace(config.adapter, query_layer=min(layers, config.adapter.query_layer)))
+    with torch.device("meta"):
+        model = ImageBindLLM(small)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    cheap_random_init(model)
+    return model.eval().requires_grad_(False)
+
+
+def seconds_per_token(model, steps: int = 16, repeats: int = 3, prompt_len: int = 16) -> float:
+    """The best of ``repeats`` greedy answers of ``steps`` tokens (after a warm-up answer; one
+    answer when the warm-up took over a second), by the device's default decoder, per token."""
+    from .fast_decode import decode_tokens, default_decoder
+    from .generation import GenerationConfig
+
+    vocab = model.config.llama.vocab_size
+    prompt = [1] + torch.randint(3, vocab, (prompt_len - 1,), generator=torch.Generator().manual_seed(0)).tolist()
+    config = GenerationConfig(max_new_tokens=steps, temperature=0.0)
+    kind = default_decoder(model.device)
+
+    def answer() -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for _ in decode_tokens(model, [prompt], config, decoder=kind, eos_id=None):
+                pass
+        return time.perf_counter() - started
+
+    if answer() > 1.0:  # a wide model: one timed answer is long enough to be steady
+        repeats = 1
+    return min(answer() for _ in range(repeats)) / steps
+
+
+def choose_dtype(config, device="cpu", *, margin: float = MARGIN) -> tuple[torch.dtype, dict[str, float]]:
+    """The faster dtype for a language model of ``config`` on ``device`` and the probe's
+    seconds per token of each (empty off a CPU, where bfloat16 is chosen unmeasured)."""
+    if torch.device(device).type != "cpu":
+        return torch.bfloat16, {}
+    timings = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = probe_model(config, dtype, device)
+        timings[str(dtype).removeprefix("torch.")] = seconds_per_token(model)
+        del model
+    chosen = torch.bfloat16 if timings["bfloat16"] < (1 - margin) * timings["float32"] else torch.float32
+    return chosen, timings
+
+
+def _quantized(model) -> bool:
+    from .quantize import Int4Linear, Int8Linear
+
+    return any(isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules())
+
+
+def apply_dtype(pipeline, setting: str | None) -> torch.dtype:
+    """For ``setting`` 'auto', convert ``pipeline``'s float32 language model to bfloat16 when
+    :func:`choose_dtype` measures it faster (see the module doc); any other setting leaves the
+    model as loaded. Returns the language model's dtype."""
+    model = pipeline.model
+    if setting != AUTO:
+        return model.dtype
+    if model.dtype != torch.float32:
+        log.info("dtype auto: %s (as loaded)", str(model.dtype).removeprefix("torch."))
+        return model.dtype
+    if _quantized(model):
+        log.info("dtype auto: float32 activations (a quantised model is not measured)")
+        return model.dtype
+    started = time.perf_counter()
+    chosen, timings = choose_dtype(model.config, model.device)
+    measured = ", ".join(f"{name} {1e3 * seconds:.2f} ms/token" for name, seconds in timings.items())
+    if chosen != model.dtype:
+        model.to(dtype=chosen)
+        if pipeline.prefix_cache is not None:  # keys and values of the float32 model
+            pipeline.prefix_cache.clear()
+    log.info("dtype auto: %s for the language model (probe of %d layers: %s; measured in %.1f s)",
+             str(chosen).removeprefix("torch."), min(PROBE_LAYERS, model.config.llama.n_layers), measured,
+             time.perf_counter() - started)
+    return chosen
