@@ -118,6 +118,7 @@ def test_header_says_when_the_weights_are_untrained(pipeline):
 
     header = H.header_markdown(pipeline)
     assert "ImageBind-LLM" in header and "untrained" not in header.lower()
+    assert f"device `cpu`, {str(pipeline.model.dtype).removeprefix('torch.')} ·" in header
     pipeline.name, name = UNTRAINED_PRESET, pipeline.name
     try:
         header = H.header_markdown(pipeline)

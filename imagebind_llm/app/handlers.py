@@ -150,7 +150,8 @@ def header_markdown(pipeline: Pipeline) -> str:
              ("Chat with a LLaMA model about images, audio, video, depth, thermal, IMU and 3D, "
               "or mix inputs of any kind with weights (embedding arithmetic).")]
     cache = pipeline.cache
-    about = (f"Model: `{pipeline.name}` · device `{pipeline.model.device}` · visual cache: "
+    dtype = str(pipeline.model.dtype).removeprefix("torch.")  # what --dtype auto chose, too
+    about = (f"Model: `{pipeline.name}` · device `{pipeline.model.device}`, {dtype} · visual cache: "
              + (f"{len(cache):,} entries" if cache is not None else "not loaded"))
     if pipeline.name == UNTRAINED_PRESET:
         lines.append(
