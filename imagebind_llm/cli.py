@@ -76,14 +76,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, language_model: bool = 
                            help="CPU threads for PyTorch: a number, or auto (default): the fewest that "
                                 "answer about as fast as PyTorch's default, timed at start on a CPU "
                                 "(imagebind_llm/threads.py)")
-    if language_model:
-        group.add_argument("--dtype", choices=[*sorted(DTYPES), "auto"], default=None,
-                           help="weights dtype (default: bfloat16 on GPU, float32 on CPU); auto: on a CPU the "
-                                "language model in the faster of float32 and bfloat16, measured at start "
-                                "(bfloat16 can change answers; imagebind_llm/precision.py)")
-    else:
-        group.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                           help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    group.add_argument("--dtype", choices=[*sorted(DTYPES), *(["auto"] if language_model else [])], default=None,
+                       help="weights dtype (default: bfloat16 on GPU, float32 on CPU)"
+                       + ("; auto: on a CPU the language model in the faster of float32 and bfloat16, measured "
+                          "at start (bfloat16 can change answers; imagebind_llm/precision.py)" if language_model
+                          else ""))
     group.add_argument("--mode", choices=("corrected", "official"), default="corrected",
                        help="preprocessing: the corrected default or the exact official behaviour")
     memory = parser.add_argument_group("memory (README: Memory)")
@@ -124,7 +121,8 @@ def memory_options(args) -> dict:
 
 
 def load_pipeline(args):
-    """The pipeline the model flags name, with PyTorch's thread count set (``--threads``)."""
+    """The pipeline the model flags name, in the dtype ``--dtype auto`` chooses and with
+    PyTorch's thread count set (``--threads``)."""
     from .precision import apply_dtype
     from .threads import apply_threads
 
