@@ -4,15 +4,16 @@ bfloat16 on a CPU; bfloat16 on a GPU).
 Decoding reads every weight once per token, so bfloat16 weights (half the bytes) decode faster
 where reading memory is the limit; but a CPU's bfloat16 matrix kernels are slower than its
 float32 ones where the weights are small enough to stay in its caches. On the 2-core test
-machine (AVX512-BF16, no AMX; ``bench/speed.py``), the toy-world model decoded 502 tokens/s in float32 and 386
-in bfloat16 (static decoder, batch 1), while at LLaMA-7B's widths a token took 111 ms in float32
-and 61 in bfloat16 (the probe below); so neither is right for every model; ``auto`` measures. The probe is a model of the loaded one's
-widths (vocabulary, dim, SwiGLU width, heads, adapter) with :data:`PROBE_LAYERS` layers and
-random weights (a token's time does not depend on their values), decoded greedily by the
-device's default decoder in float32 and in bfloat16; bfloat16 is kept when it is
-:data:`MARGIN` faster. The loaded model (float32) is then converted in place, after its LoRA
-merge, so each weight is rounded once. The probe takes about 0.2 s for the toy world and
-15 s at LLaMA-7B's widths (2.7 GB more memory while it runs: two layers, embedding and head).
+machine (AVX512-BF16, no AMX; ``bench/speed.py``), the toy-world model decoded 502 tokens/s in
+float32 and 386 in bfloat16 (static decoder, batch 1), while at LLaMA-7B's widths a token took
+111 ms in float32 and 61 in bfloat16 (the probe below); so neither is right for every model;
+``auto`` measures. The probe is a model of the loaded one's widths (vocabulary, dim, SwiGLU
+width, heads, adapter) with :data:`PROBE_LAYERS` layers and random weights (a token's time does
+not depend on their values), decoded greedily by the device's default decoder in float32 and in
+bfloat16; bfloat16 is kept when it is :data:`MARGIN` faster. The loaded model (float32) is then
+converted in place, after its LoRA merge, so each weight is rounded once. The probe takes about
+0.2 s for the toy world and 15 s at LLaMA-7B's widths (2.7 GB more memory while it runs: two
+layers, embedding and head).
 
 bfloat16 changes answers: it keeps about three significant digits, so logits move and a greedy
 answer can take another word where two were close. That is why float32 stays the CPU default
