@@ -21,6 +21,7 @@ from typing import Sequence
 
 import torch
 
+from .precision import AUTO, default_dtype
 from .preprocess import KINDS
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -76,7 +77,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, language_model: bool = 
                            help="CPU threads for PyTorch: a number, or auto (default): the fewest that "
                                 "answer about as fast as PyTorch's default, timed at start on a CPU "
                                 "(imagebind_llm/threads.py)")
-    group.add_argument("--dtype", choices=[*sorted(DTYPES), *(["auto"] if language_model else [])], default=None,
+    group.add_argument("--dtype", choices=[*sorted(DTYPES), *([AUTO] if language_model else [])], default=None,
                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)"
                        + ("; auto: on a CPU the language model in the faster of float32 and bfloat16, measured "
                           "at start (bfloat16 can change answers; imagebind_llm/precision.py)" if language_model
@@ -107,10 +108,6 @@ def collect_inputs(args) -> list:
     return [parse_input(kind, text) for kind in KINDS for text in getattr(args, kind)]
 
 
-def default_dtype(device: str) -> torch.dtype:
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-
-
 def memory_options(args) -> dict:
     """The memory flags as keyword arguments of ``Pipeline.from_paths`` / ``load_preset_pipeline``."""
     imagebind_dtype = getattr(args, "imagebind_dtype", None)
@@ -121,13 +118,10 @@ def memory_options(args) -> dict:
 
 
 def load_pipeline(args):
-    """The pipeline the model flags name, in the dtype ``--dtype auto`` chooses and with
-    PyTorch's thread count set (``--threads``)."""
-    from .precision import apply_dtype
+    """The pipeline the model flags name, with PyTorch's thread count set (``--threads``)."""
     from .threads import apply_threads
 
     pipeline = _load_pipeline(args)
-    apply_dtype(pipeline, args.dtype)  # before the threads: their probe runs in the dtype kept
     apply_threads(pipeline, getattr(args, "threads", "auto"))
     return pipeline
 
@@ -136,8 +130,8 @@ def _load_pipeline(args):
     from .pipeline import Pipeline
     from .preprocess import PreprocessOptions
 
-    # 'auto' loads the device's default; load_pipeline then measures (imagebind_llm/precision.py)
-    dtype = DTYPES[args.dtype] if args.dtype in DTYPES else default_dtype(args.device)
+    # 'auto' is resolved where the weights load, from the model's config (imagebind_llm/precision.py)
+    dtype = AUTO if args.dtype == AUTO else DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
     preprocess = PreprocessOptions(mode=args.mode)
     if args.preset or not (args.imagebind and args.llama and args.adapter):
         from .presets import load_preset_pipeline

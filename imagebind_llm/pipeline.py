@@ -120,7 +120,7 @@ class Pipeline:
     def from_paths(cls, *, imagebind: str | Path, llama: str | Path, adapter: str | Path,
                    cache: str | Path | None = None, tokenizer: str | Path | None = None,
                    imagebind_config: ImageBindConfig | None = None, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32, imagebind_dtype: torch.dtype | None = None,
+                   dtype: torch.dtype | str = torch.float32, imagebind_dtype: torch.dtype | None = None,
                    preprocess: PreprocessOptions | None = None, name: str = "custom",
                    quantize: str | None = None, lazy: bool = False,
                    offload_encoders: bool = False, decoder: str | None = None,
@@ -128,7 +128,9 @@ class Pipeline:
         """Load every part from local files, logging what is loaded and how long it took.
 
         Memory options (README "Memory"): ``quantize`` 'int8'/'int4' for the LLaMA projections
-        (``dtype`` is then the activation dtype), ``imagebind_dtype`` for the encoders,
+        (``dtype`` is then the activation dtype), ``imagebind_dtype`` for the encoders (default:
+        ``dtype``; with ``dtype`` 'auto', chosen for the language model by
+        :mod:`~imagebind_llm.precision`, the device's default),
         ``lazy`` reads each encoder from the checkpoint on first use, ``offload_encoders`` keeps
         the encoders in CPU memory and moves each to ``device`` only while it encodes (nothing
         to do on a CPU). ``decoder``: see :meth:`set_decoder`. ``merge_lora``: fold the LoRA
@@ -136,13 +138,15 @@ class Pipeline:
         savable as an adapter)."""
         from .fast_decode import check_decoder
         from .lowmem import enable_offload
+        from .precision import encoder_dtype
 
         check_decoder(decoder)  # a wrong name fails before anything is loaded
 
         started = time.perf_counter()
         offloading = offload_encoders and torch.device(device).type != "cpu"
         encoder = load_imagebind(imagebind, imagebind_config or imagebind_huge(),
-                                 device="cpu" if offloading else device, dtype=imagebind_dtype or dtype, lazy=lazy)
+                                 device="cpu" if offloading else device,
+                                 dtype=imagebind_dtype or encoder_dtype(dtype, device), lazy=lazy)
         if offloading:
             enable_offload(encoder, device)
         log.info("ImageBind loaded from %s in %.1f s", imagebind, time.perf_counter() - started)

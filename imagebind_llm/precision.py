@@ -10,10 +10,12 @@ float32 and 386 in bfloat16 (static decoder, batch 1), while at LLaMA-7B's width
 ``auto`` measures. The probe is a model of the loaded one's widths (vocabulary, dim, SwiGLU
 width, heads, adapter) with :data:`PROBE_LAYERS` layers and random weights (a token's time does
 not depend on their values), decoded greedily by the device's default decoder in float32 and in
-bfloat16; bfloat16 is kept when it is :data:`MARGIN` faster. The loaded model (float32) is then
-converted in place, after its LoRA merge, so each weight is rounded once. The probe takes about
-0.2 s for the toy world and 15 s at LLaMA-7B's widths (2.7 GB more memory while it runs: two
-layers, embedding and head).
+bfloat16; bfloat16 is kept when it is :data:`MARGIN` faster. The choice is made where the
+weights are loaded (:func:`~imagebind_llm.weights.build_language_model`), after reading the
+config and before converting anything, so a model that only fits in bfloat16 is never held in
+float32, and ``auto`` gives exactly the model ``--dtype`` names. The probe takes about 0.2 s for
+the toy world and 15 s at LLaMA-7B's widths (2.7 GB more memory while it runs: two layers,
+embedding and head).
 
 bfloat16 changes answers: it keeps about three significant digits, so logits move and a greedy
 answer can take another word where two were close. That is why float32 stays the CPU default
@@ -117,39 +119,44 @@ def choose_dtype(config, device="cpu", *, margin: float = MARGIN) -> tuple[torch
     timings = {}
     for dtype in (torch.float32, torch.bfloat16):
         model = probe_model(config, dtype, device)
-        timings[str(dtype).removeprefix("torch.")] = seconds_per_token(model)
+        timings[_name(dtype)] = seconds_per_token(model)
         del model
     chosen = torch.bfloat16 if timings["bfloat16"] < (1 - margin) * timings["float32"] else torch.float32
     return chosen, timings
 
 
-def _quantized(model) -> bool:
-    from .quantize import Int4Linear, Int8Linear
-
-    return any(isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules())
-
-
-def apply_dtype(pipeline, setting: str | None) -> torch.dtype:
-    """For ``setting`` 'auto', convert ``pipeline``'s float32 language model to bfloat16 when
-    :func:`choose_dtype` measures it faster (see the module doc); any other setting leaves the
-    model as loaded. Returns the language model's dtype."""
-    model = pipeline.model
-    if setting != AUTO:
-        return model.dtype
-    if model.dtype != torch.float32:
-        log.info("dtype auto: %s (as loaded)", str(model.dtype).removeprefix("torch."))
-        return model.dtype
-    if _quantized(model):
-        log.info("dtype auto: float32 activations (a quantised model is not measured)")
-        return model.dtype
+def resolve_dtype(dtype: torch.dtype | str, config, device="cpu", *, quantize: str | None = None) -> torch.dtype:
+    """``dtype`` itself, or for 'auto' the dtype the language model of ``config`` loads in: on a
+    CPU the faster of float32 and bfloat16 (:func:`choose_dtype`, logged), with ``quantize``
+    the device's default activation dtype (not measured), elsewhere bfloat16."""
+    if dtype != AUTO:
+        return dtype
+    if quantize is not None:
+        chosen = default_dtype(device)
+        log.info("dtype auto: %s activations (a quantised model is not measured)", _name(chosen))
+        return chosen
     started = time.perf_counter()
-    chosen, timings = choose_dtype(model.config, model.device)
-    measured = ", ".join(f"{name} {1e3 * seconds:.2f} ms/token" for name, seconds in timings.items())
-    if chosen != model.dtype:
-        model.to(dtype=chosen)
-        if pipeline.prefix_cache is not None:  # keys and values of the float32 model
-            pipeline.prefix_cache.clear()
-    log.info("dtype auto: %s for the language model (probe of %d layers: %s; measured in %.1f s)",
-             str(chosen).removeprefix("torch."), min(PROBE_LAYERS, model.config.llama.n_layers), measured,
-             time.perf_counter() - started)
+    chosen, timings = choose_dtype(config, device)
+    if timings:
+        log.info("dtype auto: %s for the language model (probe of %d layers: %s; measured in %.1f s)",
+                 _name(chosen), min(PROBE_LAYERS, config.llama.n_layers),
+                 ", ".join(f"{name} {1e3 * seconds:.2f} ms/token" for name, seconds in timings.items()),
+                 time.perf_counter() - started)
+    else:
+        log.info("dtype auto: %s for the language model (%s)", _name(chosen), torch.device(device).type)
     return chosen
+
+
+def default_dtype(device) -> torch.dtype:
+    """The weights dtype when none is named: bfloat16 on a GPU, float32 elsewhere."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def encoder_dtype(dtype: torch.dtype | str | None, device) -> torch.dtype | None:
+    """The dtype the encoders follow when ``dtype`` is the language model's setting: 'auto' is
+    the language model's alone (the encoders take the device's default)."""
+    return default_dtype(device) if dtype == AUTO else dtype
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

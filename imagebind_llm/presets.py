@@ -357,6 +357,7 @@ def build_untrained_pipeline(seed: int = 0, *, device="cpu", dtype=None, preproc
     from .encoders.imagebind import ImageBind
     from .model import ImageBindLLM
     from .pipeline import Pipeline
+    from .precision import encoder_dtype, resolve_dtype
     from .tokenizer import Tokenizer
     from .visual_cache import VisualCache
 
@@ -371,8 +372,8 @@ def build_untrained_pipeline(seed: int = 0, *, device="cpu", dtype=None, preproc
         cache = VisualCache.from_vectors(torch.randn(cache_size, imagebind.config.embed_dim))
     finally:
         torch.random.set_rng_state(generator_state)
-    imagebind.to(device=device, dtype=dtype)
-    model.to(device=device, dtype=dtype)
+    imagebind.to(device=device, dtype=encoder_dtype(dtype, device))
+    model.to(device=device, dtype=resolve_dtype(dtype, model.config, device))
     return Pipeline(imagebind, model, tokenizer, cache, preprocess, name=UNTRAINED_PRESET)
 
 

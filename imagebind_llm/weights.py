@@ -27,6 +27,7 @@ from .checkpoint import read_state_dict
 from .config import AdapterConfig, ImageBindLLMConfig, LlamaConfig
 from .errors import CheckpointError
 from .keymap import KeyRule, same, translate
+from .precision import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -692,7 +693,7 @@ def build_language_model(
     adapter: str | Path | Mapping[str, torch.Tensor],
     *,
     tokenizer_words: int | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: torch.device | str = "cpu",
     quantize: str | None = None,
 ):
@@ -702,6 +703,7 @@ def build_language_model(
     ``quantize`` ('int8' or 'int4', see :mod:`imagebind_llm.quantize`): the frozen LLaMA
     projections are quantised one at a time straight from the (memory-mapped) base tensors,
     on ``device``, before anything else is converted; ``dtype`` is then the activation dtype.
+    ``dtype`` 'auto': the faster of float32 and bfloat16 on a CPU (:mod:`imagebind_llm.precision`).
 
     ``base`` is a Meta or Hugging Face folder (or an already read ``(config, Meta-layout
     state)``); ``adapter`` an official file, a Hugging Face-named ``.safetensors`` or a state.
@@ -722,6 +724,7 @@ def build_language_model(
     check_adapter_fits(None, adapter_state, llama_config, tokenizer_words)
     adapter_config = infer_adapter_config(adapter_state, llama_config.n_layers)
     config = ImageBindLLMConfig(llama=llama_config, adapter=adapter_config)
+    dtype = resolve_dtype(dtype, config, device, quantize=quantize)  # 'auto': chosen before converting
     state = {f"llama.{k}": v for k, v in base_state.items()}
     state.update(adapter_to_project(adapter_state))
     with torch.device("meta"):

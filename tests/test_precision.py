@@ -61,66 +61,63 @@ def force(monkeypatch, dtype):
     return calls
 
 
-def test_auto_choosing_bfloat16_gives_the_model_loaded_in_bfloat16(golden, monkeypatch, caplog):
-    """Without a LoRA merge the converted model is bit for bit the one loaded in bfloat16, so
-    its answers are too; the encoders keep float32 and the prefix cache is emptied."""
-    from imagebind_llm.pipeline import Pipeline
+def golden_paths(golden) -> dict:
+    import json
+
     from test_imagebind_golden import golden_config
 
-    force(monkeypatch, torch.bfloat16)
-    auto = golden_pipeline(golden)  # merged, float32
+    adapter_config = json.loads((golden / "llama_adapter" / "adapter_config.json").read_text())
+    return dict(imagebind=golden / "imagebind" / "weights.pth", imagebind_config=golden_config(golden),
+                llama=golden / "llama_adapter" / adapter_config["llama_type_dir"],
+                adapter=golden / "llama_adapter" / "adapter.pth",
+                tokenizer=golden / "llama_adapter" / adapter_config["tokenizer"])
+
+
+@pytest.mark.parametrize("chosen", [torch.bfloat16, torch.float32])
+def test_auto_loads_exactly_the_model_of_the_dtype_it_chooses(golden, monkeypatch, caplog, chosen):
+    """The choice is made from the config before the weights are converted: the model (LoRA
+    merged) is bit for bit the one loaded in that dtype, so its answers are too; the encoders
+    keep the device's default."""
+    from imagebind_llm.pipeline import Pipeline
+
+    calls = force(monkeypatch, chosen)
+    paths = golden_paths(golden)
+    with caplog.at_level(logging.INFO, logger="imagebind_llm.precision"):
+        auto = Pipeline.from_paths(**paths, dtype="auto")
+    assert len(calls) == 1 and calls[0].llama == auto.model.config.llama
+    assert f"dtype auto: {str(chosen).removeprefix('torch.')} for the language model" in caplog.text
+    named = Pipeline.from_paths(**paths, dtype=chosen, imagebind_dtype=torch.float32)
+    ours, theirs = auto.model.state_dict(), named.model.state_dict()
+    assert all(v.dtype == chosen for v in ours.values() if v.is_floating_point())
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert next(auto.imagebind.parameters()).dtype == torch.float32
     files = golden_media_files(golden)
     settings = Settings(GenerationConfig(max_new_tokens=6, temperature=0.0))
     question = [Media("image", files["image"])]
-    auto.enable_prefix_cache(1 << 20)
-    auto.answer(question, "What is it?", settings)
-    assert len(auto.prefix_cache)
-    with caplog.at_level(logging.INFO, logger="imagebind_llm.precision"):
-        assert precision.apply_dtype(auto, "auto") == torch.bfloat16
-    assert "dtype auto: bfloat16" in caplog.text
-    assert auto.model.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in auto.model.parameters())
-    assert next(auto.imagebind.parameters()).dtype == torch.float32
-    assert len(auto.prefix_cache) == 0
-    assert auto.answer(question, "What is it?", settings)  # it answers in bfloat16
-
-    import json
-
-    adapter_config = json.loads((golden / "llama_adapter" / "adapter_config.json").read_text())
-    paths = dict(imagebind=golden / "imagebind" / "weights.pth", imagebind_config=golden_config(golden),
-                 llama=golden / "llama_adapter" / adapter_config["llama_type_dir"],
-                 adapter=golden / "llama_adapter" / "adapter.pth",
-                 tokenizer=golden / "llama_adapter" / adapter_config["tokenizer"])
-    unmerged = Pipeline.from_paths(**paths, merge_lora=False)
-    precision.apply_dtype(unmerged, "auto")
-    direct = Pipeline.from_paths(**paths, merge_lora=False, dtype=torch.bfloat16, imagebind_dtype=torch.float32)
-    ours, theirs = unmerged.model.state_dict(), direct.model.state_dict()
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert unmerged.answer(question, "What is it?", settings) == direct.answer(question, "What is it?", settings)
+    assert auto.answer(question, "What is it?", settings) == named.answer(question, "What is it?", settings)
 
 
-def test_auto_choosing_float32_leaves_the_model_as_loaded(monkeypatch):
-    force(monkeypatch, torch.float32)
-    pipeline = build_untrained_pipeline()
-    before = {k: v.data_ptr() for k, v in pipeline.model.state_dict().items()}
-    assert precision.apply_dtype(pipeline, "auto") == torch.float32
-    assert {k: v.data_ptr() for k, v in pipeline.model.state_dict().items()} == before
+def test_the_untrained_preset_takes_auto_too(monkeypatch):
+    force(monkeypatch, torch.bfloat16)
+    pipeline = build_untrained_pipeline(dtype="auto")
+    assert pipeline.model.dtype == torch.bfloat16 and next(pipeline.imagebind.parameters()).dtype == torch.float32
 
 
-@pytest.mark.parametrize("setting", [None, "float32", "bfloat16"])
-def test_only_auto_measures(monkeypatch, setting):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, None])
+def test_only_auto_measures(monkeypatch, dtype):
     calls = force(monkeypatch, torch.bfloat16)
-    pipeline = build_untrained_pipeline()
-    assert precision.apply_dtype(pipeline, setting) == torch.float32 and not calls
+    config = build_untrained_pipeline().model.config
+    assert precision.resolve_dtype(dtype, config) is dtype and not calls
 
 
-def test_a_model_loaded_in_another_dtype_or_quantised_is_not_measured(monkeypatch):
-    from imagebind_llm.lowmem import apply_memory_options
-
+def test_a_quantised_model_is_not_measured(monkeypatch):
     calls = force(monkeypatch, torch.bfloat16)
-    half = build_untrained_pipeline(dtype=torch.float16)
-    assert precision.apply_dtype(half, "auto") == torch.float16
-    quantised = apply_memory_options(build_untrained_pipeline(), device="cpu", quantize="int8")
-    assert precision.apply_dtype(quantised, "auto") == torch.float32 and not calls
+    config = build_untrained_pipeline().model.config
+    assert precision.resolve_dtype("auto", config, "cpu", quantize="int8") == torch.float32 and not calls
+    assert precision.resolve_dtype("auto", config, "cuda", quantize="int8") == torch.bfloat16 and not calls
+    assert precision.encoder_dtype("auto", "cpu") == torch.float32
+    assert precision.encoder_dtype("auto", "cuda") == torch.bfloat16
+    assert precision.encoder_dtype(torch.float16, "cpu") == torch.float16
 
 
 def test_the_flag(golden, monkeypatch, capsys, caplog):
