@@ -34,3 +34,7 @@ class InputError(ImageBindLLMError, ValueError):
 
 class CheckpointError(ImageBindLLMError, ValueError):
     """A weight file that does not fit the model (missing/unexpected keys, shapes, format)."""
+
+
+class NotEnoughMemoryError(ImageBindLLMError, MemoryError):
+    """Weights that would not fit the memory left (refused before allocating them)."""

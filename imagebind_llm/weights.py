@@ -27,6 +27,7 @@ from .checkpoint import read_state_dict
 from .config import AdapterConfig, ImageBindLLMConfig, LlamaConfig
 from .errors import CheckpointError
 from .keymap import KeyRule, same, translate
+from .memory_check import conversion_bytes, require_memory
 from .precision import resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -740,6 +741,11 @@ def build_language_model(
              if v.shape != own[k].shape]
     if wrong:
         raise CheckpointError("shape mismatch:\n  " + "\n  ".join(wrong))
+    if quantize is None:  # quantising allocates less (its sizes: README "Memory")
+        smaller = "--dtype bfloat16 (or --dtype auto on a CPU) halves float32; " if dtype == torch.float32 else ""
+        require_memory(conversion_bytes(state.values(), dtype, device), device,
+                       f"the language model in {str(dtype).removeprefix('torch.')}",
+                       f"Load it smaller: {smaller}--quantize int8 stores a quarter of float32 (README \"Memory\")")
     model.load_state_dict(state, strict=True, assign=True)
     if quantize is not None:
         from .quantize import quantize_llama_
