@@ -106,11 +106,11 @@ def random_7b_model(device, dtype):
     return model.eval().requires_grad_(False)
 
 
-def write_random_llm(folder, dim: int, n_layers: int, head_dim: int = 64) -> dict:
+def write_random_llm(folder, dim: int, n_layers: int, head_dim: int = 64, dtype=None) -> dict:
     """The toy-world model's ImageBind and tokenizer with a language model of another shape and
-    random weights, the LLaMA and the adapter written in the official formats under ``folder``:
-    a model whose decoding, not the rest of the app, takes most of the time, as a released
-    model's does. Returns the app's model flags as a dict (imagebind, imagebind_config, llama,
+    random weights, the LLaMA and the adapter written in the official formats under ``folder``
+    (in ``dtype``, default float32): a model whose decoding, not the rest of the app, takes
+    most of the time, as a released model's does. Returns the app's model flags as a dict (imagebind, imagebind_config, llama,
     adapter, tokenizer)."""
     from pathlib import Path
 
@@ -134,7 +134,7 @@ def write_random_llm(folder, dim: int, n_layers: int, head_dim: int = 64) -> dic
     adapter = type(toy)(**{**vars(toy), "query_layer": min(toy.query_layer, n_layers)})
     with torch.device("meta"):
         model = ImageBindLLM(ImageBindLLMConfig(llama, adapter))
-    model = model.to_empty(device="cpu")
+    model = model.to(dtype=dtype or torch.float32).to_empty(device="cpu")
     cheap_random_init(model)
     folder = Path(folder)
     state = model.state_dict()
