@@ -320,6 +320,13 @@ def load_imagebind(
                                            modalities=model.modalities)
         log.info("ImageBind (%s modalities) checked; each encoder is read on first use", len(model.modalities))
         return model
+    if dtype is not None or str(device) != "cpu":
+        from .memory_check import conversion_bytes, require_memory
+
+        smaller = "in bfloat16 (--imagebind-dtype bfloat16) or " if dtype in (None, torch.float32) else ""
+        require_memory(conversion_bytes(project_state.values(), dtype, device), device,
+                       f"ImageBind in {str(dtype or 'its checkpoint dtype').removeprefix('torch.')}",
+                       f"Load it {smaller}one encoder at a time as used (--lazy-encoders), see README \"Memory\"")
     model.load_state_dict(project_state, strict=True, assign=True)
     model.eval()
     if dtype is not None or str(device) != "cpu":

@@ -1,10 +1,12 @@
 """Refuse, before allocating, weights that cannot fit the memory left.
 
 Loading the released 7B model in float32 on a CPU allocates 27 GB while it converts the float16
-checkpoint; on a smaller machine the kernel then kills the process with no word of why. The
-loaders call :func:`require_memory` with the bytes the conversion is about to allocate (tensors
-already in the target dtype and place stay memory-mapped and cost nothing), and a shortfall is a
-:class:`~imagebind_llm.errors.NotEnoughMemoryError` naming the sizes and the ways out.
+checkpoint; on a smaller machine the kernel then kills the process with no word of why (a
+7B-shaped float16 checkpoint on the 24 GB test machine: killed after 24 GB). The loaders of the
+language model and of ImageBind call :func:`require_memory` with the bytes the conversion is
+about to allocate (tensors already in the target dtype and place stay memory-mapped and cost
+nothing), and a shortfall is a :class:`~imagebind_llm.errors.NotEnoughMemoryError` naming the
+sizes and the ways out, in seconds.
 
 Available memory: on Linux ``MemAvailable`` plus free swap (``/proc/meminfo``); on a CUDA device
 the free memory plus what PyTorch's allocator holds unused. Elsewhere nothing is checked.
@@ -64,6 +66,9 @@ def require_memory(needed: int, device: torch.device | str, what: str, ways_out:
     if free is None or needed <= free:
         return
     place = "CPU memory (RAM and swap)" if torch.device(device).type == "cpu" else f"memory on {device}"
-    raise NotEnoughMemoryError(
-        f"{what} needs {needed / 1e9:.1f} GB of {place} but {free / 1e9:.1f} GB is available. "
-        f"{ways_out} ({NO_CHECK_ENV}=1 loads anyway)")
+    raise NotEnoughMemoryError(f"{what} needs {_size(needed)} of {place} but {_size(free)} is available. "
+                               f"{ways_out} ({NO_CHECK_ENV}=1 loads anyway)")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"

@@ -70,7 +70,7 @@ def test_loading_refuses_a_conversion_that_does_not_fit(golden, monkeypatch):
         return build_language_model(paths["llama"], paths["adapter"], dtype=dtype, **options)
 
     assert load(4 * base_numel, torch.float32).dtype == torch.float32  # the adapter is float32 already
-    with pytest.raises(NotEnoughMemoryError, match=r"the language model in float32 needs .* GB of CPU memory .* "
+    with pytest.raises(NotEnoughMemoryError, match=r"the language model in float32 needs [0-9.]+ MB of CPU memory .* "
                                                    r"--dtype bfloat16 \(or --dtype auto on a CPU\) halves float32"):
         load(4 * base_numel - 1, torch.float32)
     assert load(2 * adapter_numel, torch.float16).dtype == torch.float16  # the base stays memory-mapped
@@ -92,3 +92,16 @@ def test_the_command_line_says_it_and_exits(golden, monkeypatch, capsys):
                  "--tokenizer", str(paths["tokenizer"]), "--dtype", "float32", "Hi?"])
     assert code == 2
     assert "error: the language model in float32 needs" in capsys.readouterr().err
+
+
+def test_imagebind_is_checked_too(golden, monkeypatch):
+    from imagebind_llm.checkpoint import load_imagebind, read_state_dict
+
+    paths = golden_paths(golden)
+    assert {t.dtype for t in read_state_dict(paths["imagebind"]).values() if t.is_floating_point()} == {torch.float32}
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: 0)
+    with pytest.raises(NotEnoughMemoryError, match=r"ImageBind in bfloat16 needs [0-9.]+ MB .* \(--lazy-encoders\)"):
+        load_imagebind(paths["imagebind"], paths["imagebind_config"], dtype=torch.bfloat16)
+    assert load_imagebind(paths["imagebind"], paths["imagebind_config"], dtype=torch.float32)  # no copy made
+    lazy = load_imagebind(paths["imagebind"], paths["imagebind_config"], dtype=torch.bfloat16, lazy=True)
+    assert lazy.residency is not None  # each encoder is read when first used
