@@ -39,7 +39,10 @@ def available_bytes(device: torch.device | str) -> int | None:
             return None
         return kib * 1024
     if device.type == "cuda" and torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info(device)
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+        except Exception:  # noqa: BLE001 - e.g. ZeroGPU at start, where no GPU is attached yet
+            return None
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return None
 

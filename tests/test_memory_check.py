@@ -105,3 +105,15 @@ def test_imagebind_is_checked_too(golden, monkeypatch):
     assert load_imagebind(paths["imagebind"], paths["imagebind_config"], dtype=torch.float32)  # no copy made
     lazy = load_imagebind(paths["imagebind"], paths["imagebind_config"], dtype=torch.bfloat16, lazy=True)
     assert lazy.residency is not None  # each encoder is read when first used
+
+
+def test_a_gpu_that_cannot_say_is_not_checked(monkeypatch):
+    """ZeroGPU reports CUDA at start but attaches a GPU only inside its calls."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def no_gpu(device=None):
+        raise RuntimeError("no GPU attached")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_gpu)
+    assert memory_check.available_bytes("cuda") is None
+    memory_check.require_memory(int(1e15), "cuda", "x", "y")
