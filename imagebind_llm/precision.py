@@ -19,8 +19,9 @@ embedding and head).
 
 bfloat16 changes answers: it keeps about three significant digits, so logits move and a greedy
 answer can take another word where two were close. That is why float32 stays the CPU default
-and ``auto`` is asked for by name. The ImageBind encoders keep their dtype
-(``--imagebind-dtype``); a quantised model keeps its activation dtype (not measured).
+and ``auto`` is asked for by name. It concerns the language model only: the ImageBind encoders
+take the device's default (or ``--imagebind-dtype``), and a quantised model the device's default
+activation dtype (not measured).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ except KeyboardInterrupt:
 except ConfigError as error:  # a wrong key or value: the message says which; no traceback needed
     sys.exit(f"python -m train: configuration error: {error}")
 
-if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-    # Under torchrun, skip the interpreter's teardown once the run has finished: the process group
+if int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1:
+    # Under torchrun (or srun), skip the interpreter's teardown once the run has finished: the process group
     # is destroyed, but gloo's worker threads can still hold tensors whose release at
     # finalisation aborts the process now and then ("terminate called without an active
     # exception") after a run that succeeded. Everything is written and flushed by now.
