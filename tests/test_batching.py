@@ -84,6 +84,7 @@ def test_concurrent_requests_get_exactly_their_alone_tokens(pipeline, requests, 
         got = run_together(batcher, requests)
         assert got == expected
         assert batcher.stats.max_rows == min(max_batch, len(requests)) and batcher.stats.mean_rows > 1.5
+        assert batcher.stats.prefill_forwards < batcher.stats.prefills == len(requests)  # admitted together
         assert batcher.running == 0
         # Later requests reuse the freed slots and still match.
         assert run_together(batcher, requests[:2]) == expected[:2]
@@ -215,6 +216,53 @@ def test_an_error_in_one_request_does_not_disturb_the_others(pipeline, requests,
         # The batcher still serves.
         assert run_together(batcher, requests[:2]) == expected[:2]
         assert batcher.stats.errors >= 4
+    finally:
+        batcher.close()
+
+
+def test_requests_admitted_together_are_prefilled_in_one_forward_like_alone(pipeline, requests):
+    """Each row's first logits and its keys and values are those of its prefill alone (to
+    rounding); the right padding of shorter prompts is not written."""
+    from imagebind_llm.llama import KVCache
+
+    model = pipeline.model
+    batcher = DecodeBatcher(model)
+    jobs = [batcher._make_request(prompt, query, config, 2, None) for prompt, query, config in requests[:4]]
+    seen = []
+    hook = model.llama.output.register_forward_hook(lambda module, args, out: seen.append(out.float().clone()))
+    try:
+        with torch.inference_mode():
+            tokens = batcher._prefill_together(jobs)
+            together = seen.pop()
+            for row, job in enumerate(jobs):
+                cache = KVCache(model.config.llama, 1, model.config.llama.max_seq_len, model.dtype, model.device)
+                ids = torch.tensor([job.prompt])
+                alone_logits = model.llama(ids, cache=cache, injections=job.injections, last_only=True)
+                assert (together[row] - alone_logits[0]).abs().max() <= 1e-5
+                assert tokens[row] == int(alone_logits[0].argmax())
+                length = len(job.prompt)
+                for layer in range(model.config.llama.n_layers):
+                    assert torch.allclose(batcher._keys[layer, row, :, :length], cache.keys[layer][0, :, :length],
+                                          atol=1e-5)
+                    assert torch.allclose(batcher._values[layer, row, :, :length],
+                                          cache.values[layer][0, :, :length], atol=1e-5)
+                    assert not batcher._keys[layer, row, :, length:].any()  # padding: nothing written
+    finally:
+        hook.remove()
+    assert batcher.stats.prefill_forwards == 1 and batcher.stats.prefills == 4
+
+
+def test_a_group_prefill_that_fails_falls_back_to_one_by_one(pipeline, requests, monkeypatch):
+    expected = [alone(pipeline.model, *job) for job in requests[:3]]
+    batcher = DecodeBatcher(pipeline.model, window_ms=50)
+
+    def broken(group):
+        raise RuntimeError("no group prefill today")
+
+    monkeypatch.setattr(batcher, "_prefill_together", broken)
+    try:
+        assert run_together(batcher, requests[:3]) == expected
+        assert batcher.stats.prefill_forwards == batcher.stats.prefills == 3 and batcher.stats.errors == 0
     finally:
         batcher.close()
 

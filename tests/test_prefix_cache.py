@@ -266,3 +266,41 @@ def test_merging_lora_forgets_the_cached_keys_and_values(golden):
     cache.store([1, 2, 3], None, *kv())
     pipeline.merge_lora()
     assert pipeline.model.llama.lora_merged and len(cache) == 0
+
+
+def test_follow_ups_admitted_together_each_continue_from_their_own_cached_prefix(pipeline):
+    """Requests prefilled in one forward (the batcher's group prefill) restore prefixes of
+    different lengths and answer as they do alone, without the cache."""
+    import threading
+
+    model, tokenizer = pipeline.model, pipeline.tokenizer
+    config = GenerationConfig(max_new_tokens=5, temperature=0.0)
+    firsts = [tokenizer.encode(f"### Instruction:\n{q}\n\n### Response:") for q in
+              ["Count to ten", "Tell me a story about the sea and a dog", "Why?"]]
+    cache = PrefixCache(64 << 20)
+    batcher = DecodeBatcher(model, window_ms=100, prefix_cache=cache)
+    try:
+        answers = [list(batcher.stream(prompt, None, config, eos_id=None)) for prompt in firsts]
+        follow_ups = [prompt + answer + tokenizer.encode(extra, bos=False)
+                      for prompt, answer, extra in zip(firsts, answers, ["Go on", "And then?", "Say more, please"])]
+        expected = [[s[0] for s in generate_tokens(model, [p], config, eos_id=None) if s[0] is not None]
+                    for p in follow_ups]
+        reused, forwards = cache.stats.reused_tokens, batcher.stats.prefill_forwards
+        results: list = [None] * 3
+        barrier = threading.Barrier(3)
+
+        def ask(index):
+            barrier.wait()
+            results[index] = list(batcher.stream(follow_ups[index], None, config, eos_id=None))
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert results == expected
+        assert batcher.stats.prefill_forwards == forwards + 1  # the three together
+        restored = cache.stats.reused_tokens - reused
+        assert restored == sum(len(p) + len(a) - 1 for p, a in zip(firsts, answers))  # each its own prefix
+    finally:
+        batcher.close()
