@@ -17,10 +17,11 @@ Design
   (``window_ms``, default 0, makes it wait for others first): requests that come a little later
   join at the next step, and waiting cost a lone user its wait (with 10 ms, the app's one-user
   answers in bench/load.py took 107 instead of 58 ms, as gradio_client reads every 50 ms, and 8
-  users gained nothing measurable). Each new request is prefilled alone into its slot
-  (``Llama.forward`` over the prompt, the same call the unbatched path makes, so its first token
-  is the unbatched one) and then joins the running batch. With a
-  :class:`~imagebind_llm.prefix_cache.PrefixCache`, the slot first gets the keys and values of
+  users gained nothing measurable). The requests taken at one boundary are prefilled together
+  in one forward over the weights (``Llama.forward``'s arithmetic, each prompt right-padded to
+  the longest and at its own positions; a lone request takes ``Llama.forward`` itself, so its
+  first token is the unbatched one), then join the running batch. With a
+  :class:`~imagebind_llm.prefix_cache.PrefixCache`, a slot first gets the keys and values of
   the longest prompt start an earlier request computed (a chat's earlier turns), and only the
   rest is prefilled; a request that ends normally leaves its own there.
 * **One step decodes every running request.** Rows are kept compact in slots ``0 .. B-1``
@@ -35,8 +36,8 @@ Design
   its consumer stopped reading. Its slot is freed at once.
 * **Isolation.** An error while admitting a request (a malformed visual query, a token id
   outside the vocabulary, a cancel check that raises) goes to that request only. If a batched
-  step fails, every row is retried alone and only the rows that fail alone get the error. The
-  thread itself never stops on a request's error.
+  step or a group prefill fails, every row is retried alone and only the rows that fail alone
+  get the error. The thread itself never stops on a request's error.
 
 Exactness: a row's arithmetic is the unbatched path's, except that matrix products over B rows
 may round differently than over one row (CPU BLAS uses other kernels for one row), so logits
