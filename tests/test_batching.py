@@ -263,6 +263,13 @@ def test_a_group_prefill_that_fails_falls_back_to_one_by_one(pipeline, requests,
     try:
         assert run_together(batcher, requests[:3]) == expected
         assert batcher.stats.prefill_forwards == batcher.stats.prefills == 3 and batcher.stats.errors == 0
+        monkeypatch.undo()
+        # A token id outside the vocabulary breaks the group's forward: only its request errs.
+        vocab = pipeline.model.config.llama.vocab_size
+        bad = ([1, vocab + 5], None, GenerationConfig(max_new_tokens=4, temperature=0.0))
+        results = run_together(batcher, [*requests[:2], bad])
+        assert results[:2] == expected[:2] and isinstance(results[2], Exception)
+        assert batcher.stats.prefills == 6 and batcher.stats.errors == 1
     finally:
         batcher.close()
 
