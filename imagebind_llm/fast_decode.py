@@ -83,7 +83,7 @@ from .prefix_cache import PrefixCache
 log = logging.getLogger(__name__)
 
 __all__ = ["DECODERS", "StaticDecoder", "check_decoder", "choose_decoder", "decode_tokens", "default_decoder",
-           "get_decoder", "resolve_decoder"]
+           "get_decoder", "probe_prompt", "resolve_decoder"]
 
 #: The decoder kinds a pipeline accepts (``auto`` resolves to one of the others).
 DECODERS = ("eager", "static", "compiled", "auto")
@@ -591,6 +591,12 @@ def _cpu_compile_allowed() -> bool:
     return os.environ.get(CPU_COMPILE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def probe_prompt(vocab_size: int, length: int, seed: int = 0) -> list[int]:
+    """A reproducible random prompt (BOS, then ids from 3 up) for timing a model's decoding."""
+    generator = torch.Generator().manual_seed(seed)
+    return [1] + torch.randint(3, vocab_size, (length - 1,), generator=generator).tolist()
+
+
 def _probe(model, kind: str, prompt: list[int], steps: int) -> tuple[list[int], float]:
     """Greedy tokens of ``prompt`` and the seconds of the best of two runs."""
     config = GenerationConfig(max_new_tokens=steps, temperature=0.0)
@@ -628,8 +634,7 @@ def choose_decoder(model, *, candidates: Sequence[str] | None = None, steps: int
     candidates = [c for c in candidates if c != "auto"]
     config = model.config.llama
     steps = max(2, min(steps, config.max_seq_len - prompt_len - 1))
-    generator = torch.Generator().manual_seed(0)
-    prompt = [1] + torch.randint(3, config.vocab_size, (prompt_len - 1,), generator=generator).tolist()
+    prompt = probe_prompt(config.vocab_size, prompt_len)
     started = time.perf_counter()
     reference, eager_time = _probe(model, "eager", prompt, steps)
     timings = {"eager": eager_time}

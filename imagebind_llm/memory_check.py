@@ -56,7 +56,7 @@ def conversion_bytes(tensors: Iterable[torch.Tensor], dtype: torch.dtype | None,
     for tensor in tensors:
         target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
         if target != tensor.dtype or tensor.device.type != device.type:
-            total += tensor.numel() * torch.empty((), dtype=target).element_size()
+            total += tensor.numel() * target.itemsize
     return total
 
 

@@ -92,11 +92,10 @@ def probe_model(config, dtype: torch.dtype, device="cpu", layers: int = PROBE_LA
 def seconds_per_token(model, steps: int = 16, repeats: int = 3, prompt_len: int = 16) -> float:
     """The best of ``repeats`` greedy answers of ``steps`` tokens (after a warm-up answer; one
     answer when the warm-up took over a second), by the device's default decoder, per token."""
-    from .fast_decode import decode_tokens, default_decoder
+    from .fast_decode import decode_tokens, default_decoder, probe_prompt
     from .generation import GenerationConfig
 
-    vocab = model.config.llama.vocab_size
-    prompt = [1] + torch.randint(3, vocab, (prompt_len - 1,), generator=torch.Generator().manual_seed(0)).tolist()
+    prompt = probe_prompt(model.config.llama.vocab_size, prompt_len)
     config = GenerationConfig(max_new_tokens=steps, temperature=0.0)
     kind = default_decoder(model.device)
 

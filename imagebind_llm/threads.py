@@ -45,12 +45,11 @@ def parse_threads(value: str | int | None) -> int | str:
 
 def _probe_seconds(pipeline, steps: int) -> float:
     """One greedy answer of ``steps`` tokens (the pipeline's decoder) plus one image encoding."""
-    from .fast_decode import decode_tokens
+    from .fast_decode import decode_tokens, probe_prompt
     from .generation import GenerationConfig
 
     model, imagebind = pipeline.model, pipeline.imagebind
-    vocab = model.config.llama.vocab_size
-    prompt = [1] + torch.randint(3, vocab, (23,), generator=torch.Generator().manual_seed(0)).tolist()
+    prompt = probe_prompt(model.config.llama.vocab_size, 24)
     size = imagebind.config.vision.image_size
     image = torch.rand(1, imagebind.config.vision.channels, size, size,
                        generator=torch.Generator().manual_seed(0))
