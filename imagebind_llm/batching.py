@@ -304,12 +304,10 @@ class DecodeBatcher:
         self._keys, self._values = keys, values
 
     def _prefill(self, request: _Request) -> None:
-        """Admit one request: its prompt into a free slot, its first token."""
+        """Admit one live request (see :meth:`_prefill_group`): its prompt into a free slot, its
+        first token."""
         self.stats.prefills += 1
         try:
-            if request.closed or _cancelled(request.cancel):
-                request.out.put(_DONE)
-                return
             self._ensure_slots(len(self._rows) + 1)
             slot = len(self._rows)
             start = self._prepare(request, slot)
@@ -342,9 +340,10 @@ class DecodeBatcher:
         return self.prefix_cache.restore(request.prompt, request.visual_query, self._keys, self._values, slot)
 
     def _prefill_group(self, requests: list[_Request]) -> None:
-        """Admit the requests taken at one step boundary: one forward over all their prompts
-        (see :meth:`_prefill_together`); one request, or a group whose forward fails, goes
-        through :meth:`_prefill` one by one (so a failure stays with its request)."""
+        """Admit the requests taken at one step boundary: those that ended while they waited are
+        told so; the others get one forward over all their prompts (see
+        :meth:`_prefill_together`), or go through :meth:`_prefill` one by one when alone or when
+        the group's forward fails (so a failure stays with its request)."""
         live = []
         for request in requests:
             try:
