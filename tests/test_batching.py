@@ -252,6 +252,28 @@ def test_requests_admitted_together_are_prefilled_in_one_forward_like_alone(pipe
     assert batcher.stats.prefill_forwards == 1 and batcher.stats.prefills == 4
 
 
+def test_requests_that_ended_while_waiting_are_not_prefilled(pipeline, requests):
+    from imagebind_llm.batching import _DONE, _Failure
+
+    batcher = DecodeBatcher(pipeline.model)
+    stopped = threading.Event()
+    stopped.set()
+
+    def broken():
+        raise RuntimeError("cancel check broke")
+
+    jobs = [batcher._make_request(prompt, None, config, 2, cancel)
+            for (prompt, _, config), cancel in zip(requests[:3], [stopped, broken, None])]
+    jobs[2].closed = True  # its consumer went away
+    with torch.inference_mode():
+        batcher._prefill_group(jobs)
+    assert jobs[0].out.get_nowait() is _DONE and jobs[2].out.get_nowait() is _DONE
+    failure = jobs[1].out.get_nowait()
+    assert isinstance(failure, _Failure) and "cancel check broke" in str(failure.error)
+    assert batcher.stats.prefills == 3 and batcher.stats.prefill_forwards == 0 and batcher.stats.errors == 1
+    assert batcher.running == 0
+
+
 def test_a_group_prefill_that_fails_falls_back_to_one_by_one(pipeline, requests, monkeypatch):
     expected = [alone(pipeline.model, *job) for job in requests[:3]]
     batcher = DecodeBatcher(pipeline.model, window_ms=50)
