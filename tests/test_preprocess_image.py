@@ -240,7 +240,9 @@ def test_bad_files(tmp_path):
     jpg = io.BytesIO()
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(jpg, "JPEG")
     cases = {
-        "notes.png": (b"this is plain text, not a picture\n" * 3, "not a recognised image"),
+        "notes.png": (b"this is plain text, not a picture\n" * 3, "its content does not match the '.png' extension"),
+        "notes.md": (b"# plain text, not a picture\n" * 3, "not a recognised image file; '.md' is not an image extension"),
+        "notes": (b"plain text, not a picture\n" * 3, "not a recognised image file. Accepted"),
         "cut.png": (good[: len(good) // 2], "truncated or corrupt"),
         "cut_end.png": (good[:-20], "truncated or corrupt"),
         "cut.jpg": (jpg.getvalue()[: len(jpg.getvalue()) // 2], "truncated or corrupt"),

@@ -169,6 +169,16 @@ def open_image(
     return decode_source(src, options.max_pixels, accepted)
 
 
+def _extension_hint(suffix: str) -> str:
+    """Why a file Pillow cannot identify was refused, from its extension: an image extension on
+    other content (a renamed file), or an extension that is not an image's at all."""
+    if not suffix:
+        return ""
+    if suffix in Image.registered_extensions():
+        return f"; its content does not match the '{suffix}' extension"
+    return f"; '{suffix}' is not an image extension"
+
+
 def decode_source(src: Source, max_pixels: int | None, accepted: str = ACCEPTED_IMAGES) -> Image.Image:
     """:func:`open_image` for an already wrapped :class:`~imagebind_llm.preprocess.common.Source`."""
     data = src.read_bytes()
@@ -180,8 +190,7 @@ def decode_source(src: Source, max_pixels: int | None, accepted: str = ACCEPTED_
         except Image.DecompressionBombError as e:
             raise src.error(f"the image is too large for Pillow to open safely ({e})", accepted) from None
         except UnidentifiedImageError:
-            hint = f"; its content does not match the '{src.suffix}' extension" if src.suffix else ""
-            raise src.error(f"not a recognised image file{hint}", accepted) from None
+            raise src.error(f"not a recognised image file{_extension_hint(src.suffix)}", accepted) from None
         except Exception as e:  # noqa: BLE001 - a broken header, whatever Pillow raises
             raise src.error(f"corrupt image file ({type(e).__name__}: {e})", accepted) from None
         w, h = img.size
