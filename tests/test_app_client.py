@@ -8,6 +8,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+import gradio as gr
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -161,3 +162,11 @@ def test_the_prefix_cache_can_be_sized_or_switched_off(golden):
     assert pipeline.prefix_cache.max_bytes == int(2.5 * 2**20)
     ui.build_demo(pipeline, examples_dir=None, prefix_cache_mb=0)
     assert pipeline.prefix_cache is None
+
+
+def test_the_mix_tables_name_their_columns_before_the_first_mix(golden):
+    """Before any mix the two tables are empty; they show their own column names, not 1, 2, 3."""
+    demo = ui.build_demo(golden_pipeline(golden), examples_dir=None)
+    tables = {block.label: block for block in demo.blocks.values() if isinstance(block, gr.Dataframe)}
+    assert tables["Cosine similarities of the inputs (and with the mix)"].headers == ["input", "mix"]
+    assert tables["Nearest visual-cache entries to the mix"].headers == ["rank", "cache entry", "similarity"]

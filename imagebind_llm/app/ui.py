@@ -643,9 +643,11 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                     with gr.Column():
                         mix_answer = gr.Textbox(label="Answer", lines=8, buttons=["copy"])
                         image_output.output()
-                        similarities = gr.Dataframe(label="Cosine similarities of the inputs (and with the mix)",
-                                                    interactive=False)
-                        nearest = gr.Dataframe(label="Nearest visual-cache entries to the mix", interactive=False,
+                        # Empty until the first mix, with its own column names rather than Gradio's 1, 2, 3.
+                        similarities = gr.Dataframe(headers=["input", "mix"], label="Cosine similarities of the inputs "
+                                                    "(and with the mix)", interactive=False)
+                        nearest = gr.Dataframe(headers=["rank", "cache entry", "similarity"], interactive=False,
+                                               label="Nearest visual-cache entries to the mix",
                                                visible=pipeline.cache is not None)
                 mix_event = gr.on([mix_button.click, mix_question.submit], functools.partial(mix, ctx),
                                   [mix_files, mix_texts, mix_weights, fusion, mix_question, *settings],
