@@ -14,7 +14,7 @@ from imagebind_llm.weights import project_to_adapter_key
 from train import distributed as D
 from train.config import build_config
 from train.data import Collate, DataReport, ExampleDataset, read_records
-from train.engine import Context, forward_loss, train_step
+from train.engine import Context, batch_features, forward_loss, train_step
 from train.modeling import TrainModule, build, unused_trainables
 
 LOSS_TOLERANCE = 1e-5  # golden README section 8
@@ -132,3 +132,19 @@ def test_loss_and_gradients_match_the_official(stage_setup):
         scale = float(expected.abs().max())
         assert float((got - expected).abs().max()) <= GRAD_TOLERANCE * max(scale, 1e-12), name
     assert stats["samples"] == len(ref["tokens"]) and stats["grad_norm"] > 0
+
+
+def test_the_models_own_loss_is_the_training_loss(stage_setup):
+    """ImageBindLLM.loss (the one-call loss for Python users) gives the training loop's mean
+    next-token loss, hence the official one, on the same batch."""
+    _, ref, config, comps, batch = stage_setup
+    ctx = Context(config, D.DistInfo(), D.choose_precision("fp32", "auto", torch.device("cpu"), "ddp"),
+                  TrainModule(comps.model), comps.encoder, comps.imagebind_config.embed_dim, 0, None)
+    assert bool((batch.visual == 1).all()), "every golden example has media"
+    with torch.no_grad():
+        loss = comps.model.loss(batch.tokens, batch.labels, batch_features(batch, ctx), ignore_index=ctx.ignore_index)
+    assert abs(float(loss) - float(ref["loss"])) <= LOSS_TOLERANCE
+    # Labels with no target at all: a zero that still has a graph (a step on such a batch is a no-op).
+    empty = torch.full_like(batch.labels, ctx.ignore_index)
+    zero = comps.model.loss(batch.tokens, empty, batch_features(batch, ctx), ignore_index=ctx.ignore_index)
+    assert float(zero) == 0.0 and zero.requires_grad
