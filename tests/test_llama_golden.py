@@ -4,6 +4,7 @@ official outputs in golden/llama_adapter and golden/cache. Sizes come from the s
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -207,3 +208,10 @@ def test_injections_project_plainly_laid_out_rows(model):
     attention = model.llama.layers[first].attention
     expected = attention.gate.tanh() * attention.wv(adapters[:, :1]).unflatten(-1, (attention.n_heads, -1)).transpose(1, 2)
     torch.testing.assert_close(injections[first], expected)
+
+
+def test_a_feature_of_the_wrong_shape_is_named(model):
+    width = model.config.adapter.imagebind_dim
+    for wrong in (torch.zeros(1, width + 1), torch.zeros(width), torch.zeros(1, 1, width)):
+        with pytest.raises(ValueError, match=re.escape(f"must be (B, {width}), got {tuple(wrong.shape)}")):
+            model.visual_query(wrong)

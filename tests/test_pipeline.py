@@ -121,6 +121,19 @@ def test_embedding_arithmetic(pipeline, files):
         fuse(torch.stack([image, dog]), [1.0, -1.0], "official")
 
 
+
+@pytest.mark.parametrize("embeddings, weights, mode, error, match", [
+    (torch.ones(2, 4), [1.0, 1.0], "sum", ValueError, "fusion mode must be one of"),
+    (torch.ones(2, 4), [1.0], "normalized", ValueError, "need N embeddings"),
+    (torch.ones(4), [1.0], "normalized", ValueError, "need N embeddings"),
+    (torch.ones(0, 4), [], "normalized", InputError, "no input to mix"),
+    (torch.ones(2, 4), [1.0, float("inf")], "normalized", InputError, "a weight is NaN or infinite"),
+    (torch.ones(2, 4), [0.0, 0.0], "official", InputError, "all weights are zero"),
+])
+def test_fuse_names_what_is_wrong(embeddings, weights, mode, error, match):
+    with pytest.raises(error, match=match):
+        fuse(embeddings, weights, mode)
+
 def test_bad_inputs_are_clear_errors(pipeline, files, tmp_path):
     settings = Settings(generation=GREEDY)
     image = Media("image", files["image"])
