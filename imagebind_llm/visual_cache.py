@@ -113,8 +113,9 @@ def read_flat_index_layout(path: str | Path) -> FlatIndexLayout | None:
     if dim <= 0 or count < 0 or n_floats != dim * count:
         return None
     if path.stat().st_size < offset + 4 * n_floats:
-        raise CheckpointError(f"{path.name}: the flat index is truncated "
-                              f"({path.stat().st_size} bytes for {count} x {dim} vectors)")
+        raise CheckpointError(f"{path.name}: the flat index is truncated ({path.stat().st_size} bytes for "
+                              f"{count} x {dim} vectors, which need {offset + 4 * n_floats}); copy or download "
+                              f"it again")
     return FlatIndexLayout(dim, count, metric, offset)
 
 
@@ -506,6 +507,7 @@ def _read_index(path: Path, mmap: bool):
 
     if not path.is_file():
         raise CheckpointError(f"visual cache index not found: {path}")
+    read_flat_index_layout(path)  # a flat index cut short (an interrupted copy) is named as such
     index = None
     for flag in (mmap_flags() if mmap else []):
         try:

@@ -441,3 +441,55 @@ def test_bench_runs_on_a_tiny_set(tmp_path, capsys):
     assert all(r["recall_at_10"] >= 0.8 and r["sim_err"] < 1e-5 for r in results["rows"])
     assert "recall@10" in printed
     assert json.loads((tmp_path / "r.json").read_text())["datasets"][0]["n"] == 3000
+
+
+def test_broken_index_and_vector_files_are_named(tmp_path):
+    """A flat index cut short (an interrupted copy of the 13 GB knn.index), a file that is no
+    FAISS index, another index type where flat vectors are needed, and bad vector stores each
+    get a message that says what is wrong, never a crash in FAISS."""
+    import faiss
+
+    x, _ = clustered(500, 16)
+    write_flat_index(x, tmp_path / "knn.index")
+    whole = (tmp_path / "knn.index").read_bytes()
+    (tmp_path / "cut.index").write_bytes(whole[: len(whole) - 100])
+    for read in (VisualCache.load, open_flat_index_vectors, VectorStore.open):
+        with pytest.raises(CheckpointError, match=rf"cut.index: the flat index is truncated \({len(whole) - 100} "
+                                                  rf"bytes for 500 x 16 vectors, which need {len(whole)}\)"):
+            read(tmp_path / "cut.index")
+    (tmp_path / "notes.index").write_text("not an index\n")
+    with pytest.raises(CheckpointError, match="notes.index: not a FAISS index"):
+        VisualCache.load(tmp_path / "notes.index")
+    with pytest.raises(CheckpointError, match="visual cache index not found"):
+        VisualCache.load(tmp_path / "missing.index")
+
+    quantizer = faiss.IndexFlatIP(16)
+    ivf = faiss.IndexIVFFlat(quantizer, 16, 4, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(x)
+    ivf.add(x)
+    faiss.write_index(ivf, str(tmp_path / "ivf.index"))
+    assert read_flat_index_layout(tmp_path / "ivf.index") is None
+    with pytest.raises(CheckpointError, match=r"ivf.index: not a flat FAISS index"):
+        open_flat_index_vectors(tmp_path / "ivf.index")
+    assert len(VisualCache.load(tmp_path / "ivf.index")) == 500  # still a cache, searched by FAISS
+
+    np.save(tmp_path / "f64.npy", x.astype(np.float64))
+    with pytest.raises(CheckpointError, match="f64.npy: vectors must be float32, found float64"):
+        VectorStore.open(tmp_path / "f64.npy")
+    with pytest.raises(CheckpointError, match="vector store not found"):
+        VectorStore.open(tmp_path / "missing.npy")
+    with pytest.raises(CheckpointError, match=r"expected \(N, D\) vectors, got shape \(16,\)"):
+        VectorStore(x[0])
+    with pytest.raises(CheckpointError, match="unsupported type list"):
+        VectorStore([[1.0, 2.0]])
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"size": 0}, "cache size must be at least 1, got 0"),
+    ({"weight": 1.5}, r"cache weight must be in \[0, 1\], got 1.5"),
+    ({"weight": -0.1}, r"cache weight must be in \[0, 1\], got -0.1"),
+    ({"temperature": -1.0}, "cache temperature must be >= 0, got -1.0"),
+])
+def test_cache_settings_out_of_range_are_named(settings, match):
+    with pytest.raises(ValueError, match=match):
+        CacheConfig(**settings)
