@@ -248,6 +248,29 @@ def test_shipped_model_files_match_their_checksums(shipped):
     assert sum(f["bytes"] for f in manifest["files"].values()) <= 30 * 2**20  # the issue's budget
 
 
+
+def test_a_damaged_or_incomplete_model_folder_is_named(shipped, tmp_path):
+    """A copy of the shipped folder with a file changed, a file missing or no manifest: each is
+    refused at load with the file and what to do, instead of loading wrong weights."""
+    import shutil
+
+    from imagebind_llm.errors import CheckpointError
+    from imagebind_llm.presets import MANIFEST, TOYWORLD_DIR, verify_manifest
+
+    folder = tmp_path / "toyworld"
+    shutil.copytree(TOYWORLD_DIR, folder)
+    assert set(verify_manifest(folder)) == set(json.loads((folder / MANIFEST).read_text())["files"])
+    adapter = folder / "adapter.pth"
+    adapter.write_bytes(adapter.read_bytes()[:-1] + b"x")
+    with pytest.raises(CheckpointError, match=r"adapter.pth: sha256 \w+ does not match the manifest .*reinstall"):
+        verify_manifest(folder)
+    adapter.unlink()
+    with pytest.raises(CheckpointError, match=r"adapter.pth is missing \(the package is incomplete"):
+        verify_manifest(folder)
+    (folder / MANIFEST).unlink()
+    with pytest.raises(CheckpointError, match=r"manifest.json is missing \(train it with python -m train.toyworld"):
+        verify_manifest(folder)
+
 def test_the_shipped_model_loads_without_its_visual_cache(shipped):
     from imagebind_llm.presets import build_toyworld_pipeline
 
