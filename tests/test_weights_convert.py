@@ -602,3 +602,16 @@ def test_every_mismatch_is_listed_at_once(meta, adapter_dir, tmp_path):
     text = str(error.value)
     for part in ("bind network outputs width", "layers", "gates have", "feed-forward width", "tokenizer has"):
         assert part in text, part
+
+
+def test_a_missing_or_broken_tokenizer_file_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match=r"tokenizer not found: .*tokenizer.model \(a SentencePiece"):
+        Tokenizer(tmp_path)  # a folder without tokenizer.model
+    with pytest.raises(CheckpointError, match="tokenizer not found"):
+        Tokenizer(tmp_path / "nothing.model")
+    broken = tmp_path / "tokenizer.model"
+    broken.write_bytes(b"this is not a SentencePiece model")
+    with pytest.raises(CheckpointError, match=r"tokenizer.model: not a SentencePiece model \("):
+        Tokenizer(tmp_path)
+    with pytest.raises(CheckpointError, match="no tokenizer at .*a SentencePiece tokenizer.model or a folder"):
+        load_hf_tokenizer(tmp_path / "empty")
