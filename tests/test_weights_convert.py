@@ -22,6 +22,7 @@ from imagebind_llm.tokenizer import Tokenizer, check_hf_tokenizer, load_hf_token
 from imagebind_llm.weights import (
     adapter_to_hf,
     build_language_model,
+    hf_config_to_llama,
     read_adapter,
     read_hf_llama,
     read_llama,
@@ -615,3 +616,34 @@ def test_a_missing_or_broken_tokenizer_file_is_named(tmp_path):
         Tokenizer(tmp_path)
     with pytest.raises(CheckpointError, match="no tokenizer at .*a SentencePiece tokenizer.model or a folder"):
         load_hf_tokenizer(tmp_path / "empty")
+
+
+LLAMA_7B_HF = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, "num_hidden_layers": 32,
+               "vocab_size": 32000, "intermediate_size": 11008, "rms_norm_eps": 1e-6, "hidden_act": "silu"}
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"model_type": "mistral"}, "model_type 'mistral'; a LLaMA is expected"),
+    ({"hidden_size": None}, "config.json has no 'hidden_size' entry"),
+    ({"num_key_value_heads": 8}, "grouped-query attention models"),
+    ({"head_dim": 64}, "head_dim 64 != hidden_size / num_attention_heads"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu'; LLaMA uses silu"),
+    ({"attention_bias": True}, r"biased projections \(attention_bias/mlp_bias\)"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rotary scaling 'llama3' is not supported"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rotary scaling 'linear' is not supported"),
+    ({"rope_parameters": {"rope_type": "yarn"}}, "rotary scaling 'yarn' is not supported"),
+    ({"hidden_size": 4095}, "config.json: "),
+])
+def test_a_config_json_that_is_not_a_plain_llama_is_refused_with_the_reason(change, match):
+    """What a user may point --llama at by mistake (Llama 3, Mistral, a scaled RoPE, ...)."""
+    hf = {**LLAMA_7B_HF, **change}
+    hf = {k: v for k, v in hf.items() if v is not None}
+    with pytest.raises(CheckpointError, match=match):
+        hf_config_to_llama(hf)
+
+
+def test_llama_7b_config_json_reads_as_the_7b_shape():
+    config = hf_config_to_llama({**LLAMA_7B_HF, "num_key_value_heads": 32, "head_dim": 128,
+                                 "rope_scaling": None, "rope_theta": 10000.0})
+    assert (config.dim, config.n_layers, config.n_heads, config.vocab_size, config.ffn_hidden) == \
+        (4096, 32, 32, 32000, 11008)
