@@ -449,3 +449,45 @@ def test_resolve_preset_with_local_copies(env, monkeypatch, tmp_path):
         resolve_preset(preset, overrides={"imagebind": tmp_path / "nope.pth"})
     with pytest.raises(ValueError, match="unknown override"):
         resolve_preset(preset, overrides={"llama": "x"})
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({}, r"exactly one source .*got none"),
+    ({"repo_id": "org/model", "filename": "w.pth", "url": "https://example.org/w.pth"}, "got repo_id, url"),
+    ({"repo_id": "model", "filename": "w.pth"}, "repo_id must look like 'owner/name', got 'model'"),
+    ({"repo_id": "org/", "filename": "w.pth"}, "repo_id must look like 'owner/name'"),
+    ({"repo_id": "org/model"}, "WeightFile for org/model needs a filename"),
+    ({"url": "ftp://example.org/w.pth"}, r"url must be an http\(s\) URL"),
+    ({"url": "https://example.org/"}, "cannot take a file name from"),
+    ({"local_path": "w.pth", "revision": "main"}, "revision only applies to Hugging Face hub files"),
+    ({"local_path": "w.pth", "sha256": "abc"}, "sha256 must be 64 hex digits, got 'abc'"),
+    ({"local_path": "w.pth", "size_bytes": -1}, "size_bytes must be >= 0, got -1"),
+])
+def test_a_weight_file_that_cannot_be_fetched_is_refused_when_declared(fields, match):
+    """For people who declare their own presets: mistakes fail at declaration, not at download."""
+    with pytest.raises(ValueError, match=match):
+        WeightFile(**fields)
+
+
+def test_weight_file_names_and_digests_are_normalised():
+    assert WeightFile(url="https://example.org/files/7B.pth?download=1").filename == "7B.pth"
+    assert WeightFile(local_path="w.pth", sha256="AB" * 32).sha256 == "ab" * 32
+
+
+def test_a_preset_of_its_own_is_registered_once(monkeypatch):
+    from imagebind_llm import presets
+
+    monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
+    mine = Preset(name="my-adapter", description="mine", imagebind=IMAGEBIND_W3D,
+                  adapter=WeightFile(repo_id="me/my-adapter", filename="adapter.pth"), llama_type="7B",
+                  llama_requirement="LLaMA-7B")
+    assert presets.register_preset(mine) is mine and get_preset("my-adapter") is mine
+    with pytest.raises(ValueError, match="a preset named 'my-adapter' is already registered"):
+        presets.register_preset(mine)
+    assert presets.register_preset(mine, overwrite=True) is mine
+    with pytest.raises(ValueError, match="preset names are lower-case letters"):
+        Preset(name="My Adapter", description="", imagebind=IMAGEBIND_W3D, adapter=mine.adapter, llama_type="7B",
+               llama_requirement="")
+    with pytest.raises(ValueError, match="unknown ImageBind config 'imagebind_giant'; known: "):
+        Preset(name="x", description="", imagebind=IMAGEBIND_W3D, adapter=mine.adapter, llama_type="7B",
+               llama_requirement="", imagebind_config="imagebind_giant")
