@@ -175,3 +175,15 @@ def test_stream_can_be_resumed_on_another_thread(pipeline, files):
     assert all(isinstance(p, str) for p in parts)
     assert not torch.is_inference_mode_enabled()
     torch.zeros(2).add_(1)  # plain in-place work still runs on this thread
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"max_new_tokens": 0}, "max_new_tokens must be at least 1, got 0"),
+    ({"temperature": -0.5}, "temperature must be >= 0, got -0.5"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
+    ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
+    ({"top_k": -1}, "top_k must be >= 0, got -1"),
+])
+def test_generation_settings_out_of_range_are_named(settings, match):
+    with pytest.raises(ValueError, match=match):
+        GenerationConfig(**settings)
