@@ -170,6 +170,23 @@ def test_switch_tabs(page):
     page.screenshot(path=str(OUT / "mix.png"), full_page=True)
 
 
+
+def test_more_weights_than_inputs_are_reported(page):
+    """The weights pair with the inputs in order: when more are typed than there are inputs
+    (an input removed after its weight was typed), the page says which ones were not used."""
+    page.get_by_role("tab", name="Embedding arithmetic").click()
+    example = page.locator("tr").filter(has_text="house.png").filter(has_text="a house in winter")
+    example.locator("visible=true").first.click()  # the example's row (the tables may hold its texts too)
+    page.get_by_label('3. "a house in summer"').locator("visible=true").first.wait_for()
+    weights = page.get_by_label("Weights, in input order (files, then texts)")
+    weights.fill("1, 0.6, -0.6, 0.25")
+    weights.blur()
+    page.get_by_role("button", name="Mix and ask").click()
+    toast = page.locator(".toast-body.warning")
+    toast.first.wait_for()
+    assert "4 weights for 3 inputs" in toast.first.inner_text() and "(0.25) was not used" in toast.first.inner_text()
+    assert weights.input_value() == "1, 0.6, -0.6, 0.25"  # what was typed stays as typed
+
 def test_a_bad_file_gets_a_readable_error_and_the_text_stays(page):
     page.get_by_role("tab", name="Chat").click()
     drop(page, BOX, name="notes.txt", data=b"my notes", mime="text/plain")

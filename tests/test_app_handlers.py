@@ -314,6 +314,11 @@ def test_mix_tables_and_answer(pipeline):
 def test_mix_inputs_and_weights():
     assert H.parse_weights("1, -0.5;0.25 ", 4) == [1.0, -0.5, 0.25, 1.0]
     assert H.parse_weights("1 2 3", 2) == [1.0, 2.0]
+    assert H.unused_weights_notice("1 2 3", 2) == ("3 weights for 2 inputs: the weights pair with the inputs in order "
+                                                   "(files, then texts), so the last 1 (3) was not used.")
+    assert "the last 2 (-1, 0.5) were not used" in H.unused_weights_notice("1, -1, 0.5", 1)
+    assert H.unused_weights_notice("1, 2", 2) is None and H.unused_weights_notice("1", 3) is None
+    assert H.unused_weights_notice(None, 1) is None and H.unused_weights_notice([1.0, 0.5], 1) is not None
     assert H.format_weights(1.0, -0.5) == "1, -0.5"
     with pytest.raises(InputError, match="'x' is not a number"):
         H.parse_weights("1, x", 2)

@@ -484,15 +484,18 @@ def text_lines(texts: str | Sequence[str] | None) -> list[str]:
     return [t.strip() for t in texts if t and t.strip()]
 
 
+def _weight_values(text: str | Sequence[float] | None) -> list[Any]:
+    if text is None:
+        return []
+    if isinstance(text, str):
+        return [v for v in re.split(r"[,;\s]+", text.strip()) if v]
+    return list(text)
+
+
 def parse_weights(text: str | Sequence[float] | None, count: int) -> list[float]:
     """Weights in input order from ``"1, -0.5, 0.3"`` (commas, semicolons or spaces); missing
-    ones are 1, extra ones are ignored."""
-    if text is None:
-        values: list[Any] = []
-    elif isinstance(text, str):
-        values = [v for v in re.split(r"[,;\s]+", text.strip()) if v]
-    else:
-        values = list(text)
+    ones are 1, extra ones are not used (:func:`unused_weights_notice` says so)."""
+    values = _weight_values(text)
     weights = []
     for value in values[:count]:
         try:
@@ -503,6 +506,18 @@ def parse_weights(text: str | Sequence[float] | None, count: int) -> list[float]
             raise InputError("weights", f"{value!r} is not a finite number", "numbers between -1 and 1")
         weights.append(weight)
     return weights + [1.0] * (count - len(weights))
+
+
+def unused_weights_notice(text: str | Sequence[float] | None, count: int) -> str | None:
+    """A notice when more weights than inputs were given (e.g. an input removed after its weight
+    was typed): the weights pair with the inputs in order, so the last ones are not used."""
+    given = len(_weight_values(text))
+    if given <= count:
+        return None
+    unused = ", ".join(str(v) for v in _weight_values(text)[count:])
+    return (f"{given} weights for {count} input{'s' if count != 1 else ''}: the weights pair with the inputs in "
+            f"order (files, then texts), so the last {given - count} ({unused}) {'was' if given - count == 1 else 'were'} "
+            "not used.")
 
 
 def format_weights(*values: float) -> str:

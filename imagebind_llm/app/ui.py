@@ -369,6 +369,9 @@ def mix(ctx: AppContext, files: Any = None, texts: str = "", weights: str = "", 
     settings = H.make_settings(max_new_tokens, temperature, top_p, use_cache, cache_size, cache_temperature,
                                cache_weight, fusion=fusion)
     media = H.mix_media(files, texts, weights, ctx.max_bytes)
+    notice = H.unused_weights_notice(weights, len(media))
+    if notice:
+        gr.Warning(notice)
     results = H.in_thread(lambda stop: H.mix(ctx.pipeline, media, question, settings, progress, stop))
     for result in H.throttle(results, ctx.stream_interval):
         yield result.answer, _frame(result.similarities), _frame(result.nearest)
