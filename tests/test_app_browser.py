@@ -171,7 +171,7 @@ def test_switch_tabs(page):
 
 
 
-def test_more_weights_than_inputs_are_reported(page):
+def test_typed_weights_are_shown_as_typed_and_extra_ones_reported(page):
     """The weights pair with the inputs in order: when more are typed than there are inputs
     (an input removed after its weight was typed), the page says which ones were not used."""
     page.get_by_role("tab", name="Embedding arithmetic").click()
@@ -179,13 +179,18 @@ def test_more_weights_than_inputs_are_reported(page):
     example.locator("visible=true").first.click()  # the example's row (the tables may hold its texts too)
     page.get_by_label('3. "a house in summer"').locator("visible=true").first.wait_for()
     weights = page.get_by_label("Weights, in input order (files, then texts)")
-    weights.fill("1, 0.6, -0.6, 0.25")
+    weights.fill("1.5, 0.6, -0.6, 0.25")
     weights.blur()
+    # A weight outside [-1, 1] widens its slider instead of being shown (and later written) as 1.
+    first = page.get_by_label("1. house.png").locator("visible=true")
+    page.wait_for_function("() => Array.from(document.querySelectorAll('input[type=range]'))"
+                           ".some(s => s.max === '1.5' && s.value === '1.5')")
+    assert first.first.input_value() == "1.5"
     page.get_by_role("button", name="Mix and ask").click()
     toast = page.locator(".toast-body.warning")
     toast.first.wait_for()
     assert "4 weights for 3 inputs" in toast.first.inner_text() and "(0.25) was not used" in toast.first.inner_text()
-    assert weights.input_value() == "1, 0.6, -0.6, 0.25"  # what was typed stays as typed
+    assert weights.input_value() == "1.5, 0.6, -0.6, 0.25"  # what was typed stays as typed
 
 def test_a_bad_file_gets_a_readable_error_and_the_text_stays(page):
     page.get_by_role("tab", name="Chat").click()

@@ -628,7 +628,9 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                                 values = H.parse_weights(weights, len(labels))
                             except ImageBindLLMError:
                                 values = [1.0] * len(labels)
-                            sliders = [gr.Slider(-1, 1, value=max(-1.0, min(1.0, v)), step=0.05,
+                            # A typed weight outside [-1, 1] widens its slider rather than being
+                            # clamped (moving another slider rewrites every weight from the sliders).
+                            sliders = [gr.Slider(min(-1.0, v), max(1.0, v), value=v, step=0.05,
                                                  label=f"{i + 1}. {label}", key=f"weight-{i}-{label}")
                                        for i, (label, v) in enumerate(zip(labels, values))]
                             for slider in sliders:
