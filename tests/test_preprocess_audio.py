@@ -713,3 +713,17 @@ def test_long_m4a_reads_ffmpegs_output_around_the_clips(tmp_path, monkeypatch):
     expected = waveform_to_clips(waveform, rate, AudioOptions(), windowed=False)
     monkeypatch.setattr(audio_mod, "resample", lambda *a, **k: pytest.fail("the whole waveform was resampled"))
     assert torch.equal(load_audio(m4a), expected)
+
+
+@pytest.mark.parametrize("head, what", [
+    (b"\xff\xd8\xff\xe0", "a JPEG image"),
+    (b"GIF89a", "a GIF image"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1a\x45\xdf\xa3", "a Matroska/WebM file"),
+    (b"RIFF\x10\x00\x00\x00AVI LIST", "a RIFF AVI file"),
+])
+def test_other_files_named_as_audio_say_what_they_are(head, what):
+    content = head + bytes(100)
+    raises_input_error(lambda: load_audio(content, name="song.wav"), "song.wav",
+                       f"named '.wav' but its content is {what}")
+    raises_input_error(lambda: load_audio(content), "<bytes>", f"not an audio file: the content is {what}")
