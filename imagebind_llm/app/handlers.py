@@ -511,13 +511,13 @@ def parse_weights(text: str | Sequence[float] | None, count: int) -> list[float]
 def unused_weights_notice(text: str | Sequence[float] | None, count: int) -> str | None:
     """A notice when more weights than inputs were given (e.g. an input removed after its weight
     was typed): the weights pair with the inputs in order, so the last ones are not used."""
-    given = len(_weight_values(text))
-    if given <= count:
+    values = _weight_values(text)
+    extra = len(values) - count
+    if extra <= 0:
         return None
-    unused = ", ".join(str(v) for v in _weight_values(text)[count:])
-    return (f"{given} weights for {count} input{'s' if count != 1 else ''}: the weights pair with the inputs in "
-            f"order (files, then texts), so the last {given - count} ({unused}) {'was' if given - count == 1 else 'were'} "
-            "not used.")
+    unused = ", ".join(str(v) for v in values[count:])
+    return (f"{len(values)} weights for {count} input{'s' if count != 1 else ''}: the weights pair with the inputs "
+            f"in order (files, then texts), so the last {extra} ({unused}) {'was' if extra == 1 else 'were'} not used.")
 
 
 def format_weights(*values: float) -> str:
