@@ -44,14 +44,15 @@ AUTO = "auto"
 
 
 def cheap_random_init(model: nn.Module, seed: int = 0, skip=lambda name: False) -> None:
-    """Fill a (possibly ``to_empty``) model with random values fast: slices of one shared
-    normal pool scaled by fan-in (norms 1, biases 0). The values only need to be finite and of
-    a realistic scale: timings do not depend on them. ``skip(name)`` keeps a tensor as is."""
+    """Fill a (possibly ``to_empty``) model with random values fast: every tensor repeats the
+    start of one shared normal pool, scaled by fan-in (norms 1, biases 0). The values only need
+    to be finite and of a realistic scale: timings do not depend on them. ``skip(name)`` keeps a
+    tensor as is."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    largest = max(p.numel() for p in model.parameters())
-    pool = torch.randn(min(largest, 1 << 24) + 4099, generator=generator)
+    size = min(max(p.numel() for p in model.parameters()), 1 << 24)
+    # The start of a draw of size + 4099 values (the draw this has always made: the same weights).
+    pool = torch.randn(size + 4099, generator=generator)[:size]
     norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-    counter = 0
     with torch.no_grad():
         for module_name, module in model.named_modules():
             for name, param in module.named_parameters(recurse=False):
@@ -66,11 +67,9 @@ def cheap_random_init(model: nn.Module, seed: int = 0, skip=lambda name: False) 
                     continue
                 std = 0.02 if param.ndim < 2 or isinstance(module, nn.Embedding) else param[0].numel() ** -0.5
                 flat = param.view(-1)
-                for start in range(0, flat.numel(), pool.numel() - 4099):
-                    chunk = flat[start:start + pool.numel() - 4099]
-                    offset = (counter * 4099) % 4099
-                    chunk.copy_(pool[offset:offset + chunk.numel()].to(chunk.dtype)).mul_(std)
-                    counter += 1
+                for start in range(0, flat.numel(), size):
+                    chunk = flat[start:start + size]
+                    chunk.copy_(pool[:chunk.numel()].to(chunk.dtype)).mul_(std)
 
 
 def probe_model(config, dtype: torch.dtype, device="cpu", layers: int = PROBE_LAYERS):
