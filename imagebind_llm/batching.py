@@ -320,11 +320,7 @@ class DecodeBatcher:
             self.stats.errors += 1
             request.out.put(_Failure(error))
             return
-        request.slot = slot
-        request.length = len(request.prompt)
-        self._rows.append(request)
-        self._batch_injections = None
-        self._emit(request, token)
+        self._join([request], [token])
 
     def _prepare(self, request: _Request, slot: int) -> int:
         """A request's injections and generator, and the prompt start that the prefix cache
@@ -365,16 +361,21 @@ class DecodeBatcher:
                 log.warning("decode batcher: prefilling %d requests together failed (%s); one by one",
                             len(live), error)
             else:
-                first = len(self._rows)
-                for index, request in enumerate(live):  # every row in place before any can leave
-                    request.slot, request.length = first + index, len(request.prompt)
-                    self._rows.append(request)
-                self._batch_injections = None
-                for request, token in zip(live, tokens):
-                    self._emit(request, token)
+                self._join(live, tokens)
                 return
         for request in live:
             self._prefill(request)
+
+    def _join(self, requests: list[_Request], tokens: list[int]) -> None:
+        """Seat prefilled requests in the next slots (where their keys and values are) and pass
+        on their first tokens: every row in place before any can leave."""
+        first = len(self._rows)
+        for index, request in enumerate(requests):
+            request.slot, request.length = first + index, len(request.prompt)
+            self._rows.append(request)
+        self._batch_injections = None
+        for request, token in zip(requests, tokens):
+            self._emit(request, token)
 
     def _prefill_together(self, requests: list[_Request]) -> list[int]:
         """Prefill ``requests`` into the next free slots in one forward and sample their first
