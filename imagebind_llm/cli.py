@@ -9,7 +9,7 @@
 
 An input is ``VALUE`` or ``VALUE:WEIGHT`` (the part after the last colon is a weight only if it
 is a number). The model comes from ``--preset`` or from explicit files (``--imagebind``,
-``--llama``, ``--adapter``, ``--cache``).
+``--llama``, ``--adapter``, ``--cache-index``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Sequence
 
 import torch
 
+from .errors import ImageBindLLMError
 from .precision import AUTO, default_dtype
 from .preprocess import KINDS
 
@@ -71,7 +72,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, language_model: bool = 
                                 "GPU; compiles at the first answer) or auto (measured at the first answer). "
                                 "Default: $IMAGEBIND_LLM_DECODER, else static on a CPU and eager on a GPU "
                                 "(imagebind_llm/fast_decode.py)")
-    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                       help="where the model runs: cpu, cuda, cuda:1, ... (default: cuda when there is one)")
     if language_model:
         group.add_argument("--threads", type=_threads_argument, default="auto", metavar="N|auto",
                            help="CPU threads for PyTorch: a number, or auto (default): the fewest that "
@@ -98,10 +100,45 @@ def add_model_arguments(parser: argparse.ArgumentParser, language_model: bool = 
                             help="keep the encoders in CPU memory and move each to the GPU only while it encodes")
 
 
+# What each input flag takes (the loaders in imagebind_llm/preprocess say more).
+INPUT_HELP = {
+    "image": "an image file",
+    "video": "a video file (5 clips of 2 frames are read from it)",
+    "text": "a text, mixed like any other input (a negative weight subtracts it)",
+    "audio": "an audio file",
+    "depth": "a depth map: a 16-bit PNG/TIFF in millimetres or a .npy in metres",
+    "thermal": "a thermal image",
+    "imu": "an IMU recording: a .csv or a .npy of shape (6, T)",
+    "point": "a point cloud (.npy (N, 3), .ply, .pcd, .xyz, ...) or a mesh (.obj, .glb, .stl, ...)",
+}
+
+
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("inputs (each VALUE or VALUE:WEIGHT, repeatable)")
     for kind in KINDS:
-        group.add_argument(f"--{kind}", action="append", default=[], metavar="VALUE[:W]")
+        group.add_argument(f"--{kind}", action="append", default=[], metavar="VALUE[:W]", help=INPUT_HELP[kind])
+
+
+def add_cache_arguments(parser: argparse.ArgumentParser, switch_help: str) -> None:
+    """``--cache`` and the blend settings, with the defaults of :class:`CacheConfig`."""
+    from .visual_cache import CacheConfig
+
+    defaults = CacheConfig()
+    group = parser.add_argument_group("visual cache (README: Chat, mixing and the visual cache)")
+    group.add_argument("--cache", action="store_true", help=switch_help)
+    group.add_argument("--cache-size", type=int, default=defaults.size,
+                       help=f"neighbours retrieved (default {defaults.size})")
+    group.add_argument("--cache-t", type=float, default=defaults.temperature,
+                       help=f"softmax temperature over their similarities (default {defaults.temperature:g})")
+    group.add_argument("--cache-weight", type=float, default=defaults.weight,
+                       help=f"share of the neighbours in the blend, 0 to 1 (default {defaults.weight:g})")
+
+
+def cache_config_from(args):
+    """The :class:`CacheConfig` of the cache flags, or None without ``--cache``."""
+    from .visual_cache import CacheConfig
+
+    return CacheConfig(args.cache_size, args.cache_t, args.cache_weight) if args.cache else None
 
 
 def collect_inputs(args) -> list:
@@ -165,12 +202,10 @@ def imagebind_config(name: str):
 def settings_from(args):
     from .generation import GenerationConfig
     from .pipeline import Settings
-    from .visual_cache import CacheConfig
 
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    cache = CacheConfig(args.cache_size, args.cache_t, args.cache_weight) if args.cache else None
-    return Settings(generation=generation, cache=cache, fusion=args.fusion, context=args.context)
+    return Settings(generation=generation, cache=cache_config_from(args), fusion=args.fusion, context=args.context)
 
 
 def run_chat(args) -> int:
@@ -191,14 +226,14 @@ def run_chat(args) -> int:
         pipeline.enable_prefix_cache(int(args.prefix_cache_mb * 2**20))
     chat = Chat()
     print("Type a question; '/<kind> VALUE[:W]' attaches an input to the next question "
-          f"(kinds: {', '.join(KINDS)}), '/reset' starts over, Ctrl-D quits.")
+          f"(kinds: {', '.join(KINDS)}), '/reset' starts over, Ctrl-C stops an answer, Ctrl-D quits.")
     pending = list(media)
     question = args.question
     while True:
         if not question:
             try:
                 question = input("> ").strip()
-            except EOFError:
+            except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt quits
                 print()
                 return 0
         if question.startswith("/"):
@@ -212,9 +247,18 @@ def run_chat(args) -> int:
             question = None
             continue
         notices = len(chat.notices)
-        for delta in pipeline.chat(chat, question, pending, settings):
-            sys.stdout.write(delta)
-            sys.stdout.flush()
+        try:
+            for delta in pipeline.chat(chat, question, pending, settings):
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        except ImageBindLLMError as error:  # a bad file or question ends this turn, not the session
+            dropped = f"; the inputs attached to it were not used: attach them again ({len(pending)})" \
+                if pending else ""
+            print(f"\nerror: {error}\n[the question was not asked{dropped}]")
+        except KeyboardInterrupt:  # Ctrl-C stops the answer; the chat keeps what was said
+            if chat.turns and chat.turns[-1].question == question and chat.turns[-1].answer is None:
+                chat.turns.pop()  # stopped before its first word: as if not asked
+            print(" [stopped]", end="")
         sys.stdout.write("\n")
         for notice in chat.notices[notices:]:
             print(f"[{notice}]")
@@ -258,6 +302,25 @@ def run_embed(args) -> int:
     return 0
 
 
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Decoding flags, with the defaults of :class:`GenerationConfig` (the official demo's)."""
+    from .generation import GenerationConfig
+
+    defaults = GenerationConfig()
+    group = parser.add_argument_group("generation")
+    group.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                       help=f"longest answer, in tokens (default {defaults.max_new_tokens})")
+    group.add_argument("--temperature", type=float, default=defaults.temperature,
+                       help=f"sampling temperature; 0 is greedy (default {defaults.temperature:g})")
+    group.add_argument("--top-p", type=float, default=defaults.top_p,
+                       help=f"sample among the likeliest tokens that hold this much probability "
+                            f"(default {defaults.top_p:g})")
+    group.add_argument("--top-k", type=int, default=defaults.top_k,
+                       help="sample among the k likeliest tokens only (default: 0, no limit)")
+    group.add_argument("--seed", type=int, default=defaults.seed,
+                       help="random seed, for a sampled answer that can be repeated (default: a new one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m imagebind_llm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,22 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="ask a question about inputs of any modality")
     add_model_arguments(chat)
     add_input_arguments(chat)
-    chat.add_argument("question", nargs="?")
+    chat.add_argument("question", nargs="?", help="the question (with --interactive: the first one, if given)")
     chat.add_argument("--interactive", action="store_true", help="multi-turn chat on stdin")
     chat.add_argument("--prefix-cache-mb", type=float, default=1024.0, metavar="MB",
                       help="--interactive: memory for the keys and values of the conversation so far, so that "
                            "a turn prefills only its new tokens (0: off; default 1024)")
     chat.add_argument("--context", help="the official optional '### Input:' text")
-    chat.add_argument("--fusion", choices=("normalized", "official"), default="normalized")
-    chat.add_argument("--cache", action="store_true", help="use the visual cache")
-    chat.add_argument("--cache-size", type=int, default=10)
-    chat.add_argument("--cache-t", type=float, default=20.0)
-    chat.add_argument("--cache-weight", type=float, default=0.5)
-    chat.add_argument("--max-new-tokens", type=int, default=128)
-    chat.add_argument("--temperature", type=float, default=0.1)
-    chat.add_argument("--top-p", type=float, default=0.75)
-    chat.add_argument("--top-k", type=int, default=0)
-    chat.add_argument("--seed", type=int, default=None)
+    chat.add_argument("--fusion", choices=("normalized", "official"), default="normalized",
+                      help="how weighted inputs are mixed: normalized (default; negative weights subtract, the "
+                           "sum is made unit length) or official (weights divided by their sum)")
+    add_cache_arguments(chat, "blend the input with its nearest cached image features (needs a cache index: "
+                              "--cache-index, or a preset's)")
+    add_generation_arguments(chat)
     chat.set_defaults(run=run_chat)
 
     embed = commands.add_parser("embed", help="ImageBind embeddings and their similarities")
@@ -324,10 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("choose a command: chat, embed, image or build-cache")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
-    from .errors import ImageBindLLMError
-
     try:
         return int(args.run(args) or 0)
     except ImageBindLLMError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while loading or answering: no traceback
+        print("\nstopped", file=sys.stderr)
+        return 130

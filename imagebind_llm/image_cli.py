@@ -23,7 +23,7 @@ from .image_output import (
 
 def add_image_command(commands) -> argparse.ArgumentParser:
     """The ``image`` subcommand, added to the command line's subparsers."""
-    from .cli import add_input_arguments, add_model_arguments
+    from .cli import add_cache_arguments, add_input_arguments, add_model_arguments
 
     image = commands.add_parser("image", help="draw a mix of inputs with Stable unCLIP (needs the image extra)",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,18 +34,18 @@ def add_image_command(commands) -> argparse.ArgumentParser:
                        help=f"Stable unCLIP pipeline: a local diffusers folder or a Hugging Face repo id "
                             f"(default {DEFAULT_UNCLIP}, a download of several GB)")
     image.add_argument("--out", default="image.png", help="where to write the picture (default image.png)")
-    image.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    image.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    image.add_argument("--noise-level", type=int, default=DEFAULT_NOISE_LEVEL)
-    image.add_argument("--seed", type=int, default=None)
+    image.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                       help=f"denoising steps (default {DEFAULT_STEPS})")
+    image.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                       help=f"classifier-free guidance scale; 1 or less turns it off (default {DEFAULT_GUIDANCE:g})")
+    image.add_argument("--noise-level", type=int, default=DEFAULT_NOISE_LEVEL,
+                       help=f"noise added to the embedding: more gives freer pictures (default {DEFAULT_NOISE_LEVEL})")
+    image.add_argument("--seed", type=int, default=None,
+                       help="random seed, for a picture that can be repeated (default: a new one)")
     image.add_argument("--point-scale", type=float, default=POINT_SCALE,
                        help="point-cloud embeddings are divided by this (official: 5)")
-    image.add_argument("--cache", action="store_true", help="blend with the visual cache (needs --cache-index, "
-                                                            "or a released preset's index)")
+    add_cache_arguments(image, "blend with the visual cache (needs --cache-index, or a released preset's index)")
     image.add_argument("--cache-index", help="visual cache index (knn.index or a cache folder) for --cache")
-    image.add_argument("--cache-size", type=int, default=10)
-    image.add_argument("--cache-t", type=float, default=20.0)
-    image.add_argument("--cache-weight", type=float, default=0.5)
     image.add_argument("--unclip-dtype", choices=("float32", "float16", "bfloat16"), default=None,
                        help="unCLIP weights dtype (default: float16 on GPU, float32 on CPU)")
     image.set_defaults(run=run_image)
@@ -75,11 +75,10 @@ def run_image(args) -> int:
     import time
 
     from .checkpoint import load_imagebind
-    from .cli import DTYPES, collect_inputs, default_dtype, imagebind_config
+    from .cli import DTYPES, cache_config_from, collect_inputs, default_dtype, imagebind_config
     from .embedding import Embedder
     from .image_output import ImageGenerator, default_unclip_dtype, require_diffusers, unclip_embedding
     from .preprocess import PreprocessOptions
-    from .visual_cache import CacheConfig
 
     media = collect_inputs(args)
     if not media:
@@ -97,7 +96,7 @@ def run_image(args) -> int:
 
         model = load_preset_imagebind(args.preset, imagebind=args.imagebind, device=args.device, dtype=dtype)
     cache = _load_cache(args)
-    cache_config = CacheConfig(args.cache_size, args.cache_t, args.cache_weight) if cache is not None else None
+    cache_config = cache_config_from(args) if cache is not None else None
     embedder = Embedder(model, PreprocessOptions(mode=args.mode))
     embedding = unclip_embedding(embedder, media, cache=cache, cache_config=cache_config,
                                  point_scale=args.point_scale)

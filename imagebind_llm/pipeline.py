@@ -324,15 +324,15 @@ class Pipeline:
         for warning in checked.warnings if checked is not None else ():
             if warning not in chat.notices:
                 chat.notices.append(warning)
-        turn = ChatTurn(question=question, media=list(media))
-        if media:
-            turn.feature = self.feature(media, settings).vector
-        chat.turns.append(turn)
         budget = self.model.config.llama.max_seq_len - settings.generation.max_new_tokens
         if budget < 1:
             raise InputError("settings", f"max new tokens ({settings.generation.max_new_tokens}) leaves no room "
                              f"for the question in a context of {self.model.config.llama.max_seq_len}",
                              "fewer max new tokens")
+        turn = ChatTurn(question=question, media=list(media))
+        if media:
+            turn.feature = self.feature(media, settings).vector
+        chat.turns.append(turn)  # only a turn that can be asked: a refused one leaves the chat as it was
         turns = [Turn(t.question, t.answer) for t in chat.turns]
         try:
             prompt, dropped = fit_chat(turns, lambda text: self.tokenizer.encode(text), budget, settings.context)

@@ -58,20 +58,62 @@ def test_interactive_chat(model_args, files, capsys, monkeypatch):
     monkeypatch.setattr(Pipeline, "enable_prefix_cache", lambda self, *a: caches.append(enable(self, *a)) or caches[-1])
     printed = []
     for extra in ([], ["--prefix-cache-mb", "0"]):
-        lines = iter([f"/image {files['image']}", "What is this?", "And what now?", "/reset", "And this?"])
-
-        def fake_input(prompt=""):
-            try:
-                return next(lines)
-            except StopIteration:
-                raise EOFError from None
-
-        monkeypatch.setattr("builtins.input", fake_input)
+        _lines_as_input(monkeypatch, [f"/image {files['image']}", "What is this?", "And what now?", "/reset",
+                                      "And this?"])
         capsys.readouterr()
         assert main(["chat", *model_args, "--interactive", "--temperature", "0", "--max-new-tokens", "4", *extra]) == 0
         printed.append(capsys.readouterr().out)
     assert printed[0] == printed[1]  # the same answers with the prefix cache (default) and without
     assert len(caches) == 1 and caches[0].stats.hits >= 1  # the second turn reused the first
+
+
+def _lines_as_input(monkeypatch, lines):
+    lines = iter(lines)
+
+    def fake_input(prompt=""):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+
+
+def test_interactive_chat_keeps_going_after_a_bad_file_or_a_stopped_answer(model_args, files, capsys, monkeypatch,
+                                                                             tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    chat = Pipeline.chat
+    asked = []
+
+    def stopped_after_one_word(self, conversation, question, *args, **kwargs):
+        asked.append(question)
+        answer = chat(self, conversation, question, *args, **kwargs)
+        if question != "Stop me.":
+            yield from answer
+            return
+        yield next(answer)
+        raise KeyboardInterrupt  # what Ctrl-C raises while the answer streams
+
+    monkeypatch.setattr(Pipeline, "chat", stopped_after_one_word)
+    _lines_as_input(monkeypatch, [f"/image {broken}", "What is this?", f"/image {files['image']}", "Stop me.",
+                                  "And now?"])
+    assert main(["chat", *model_args, "--interactive", "--temperature", "0", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "error: " in out and "broken.png" in out and "attach them again (1)" in out
+    assert "[stopped]" in out
+    assert asked == ["What is this?", "Stop me.", "And now?"]  # the session went on after both
+    assert out.rstrip().splitlines()[-1] not in ("", "> ")  # the last question was answered
+
+
+def test_every_command_line_flag_says_what_it_does():
+    from imagebind_llm.cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions if action.dest == "command").choices
+    for name in ("chat", "embed", "image"):
+        for action in commands[name]._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
 
 
 def test_bad_input_is_an_error_line_not_a_traceback(model_args, capsys, tmp_path):

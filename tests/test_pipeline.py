@@ -155,8 +155,13 @@ def test_bad_inputs_are_clear_errors(pipeline, files, tmp_path):
         pipeline.feature([Media("image", str(broken), name="holiday.jpg")], settings)
     with pytest.raises(InputError, match="no cache index"):
         Pipeline(pipeline.imagebind, pipeline.model, pipeline.tokenizer).feature([image], Settings(cache=CacheConfig()))
+    chat = Chat()
     with pytest.raises(InputError, match="max new tokens"):
-        list(pipeline.chat(Chat(), "Hi", [], Settings(generation=GenerationConfig(max_new_tokens=10_000))))
+        list(pipeline.chat(chat, "Hi", [image], Settings(generation=GenerationConfig(max_new_tokens=10_000))))
+    assert chat.turns == []  # a refused turn is not kept (it would have no answer)
+    with pytest.raises(InputError, match="holiday.jpg"):
+        list(pipeline.chat(chat, "Hi", [Media("image", str(broken), name="holiday.jpg")], settings))
+    assert chat.turns == []
 
 
 def test_cache_width_mismatch_is_refused(pipeline):
