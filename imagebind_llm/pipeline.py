@@ -340,8 +340,9 @@ class Pipeline:
             chat.turns.pop()
             raise
         if dropped:
-            chat.notices.append(f"The conversation is longer than the model's context: the {dropped} oldest "
-                                f"turn{'s' if dropped > 1 else ''} were left out of the prompt.")
+            left_out = "the oldest turn was" if dropped == 1 else f"the {dropped} oldest turns were"
+            chat.notices.append(f"The conversation is longer than the model's context: {left_out} left out of "
+                                f"the prompt.")
         turn.answer = ""
         for delta in self._decode(self.stream_ids(prompt, chat.active_feature(), settings, cancel)):
             turn.answer += delta

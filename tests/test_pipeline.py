@@ -3,6 +3,7 @@ streaming, cancellation, sampling, embedding arithmetic and every kind of bad in
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -61,6 +62,8 @@ def test_context_overflow_drops_oldest_turns_with_a_notice(pipeline, files):
         list(pipeline.chat(chat, long_question, [Media("image", files["image"])], settings))
     assert len(chat.turns) == 4
     assert chat.notices and "oldest" in chat.notices[-1]
+    for notice in chat.notices:  # one turn or several, said in good English
+        assert re.search(r"the oldest turn was left out|the [2-9]\d* oldest turns were left out", notice), notice
 
 
 def test_a_question_longer_than_the_context_is_refused_and_not_kept(pipeline):
