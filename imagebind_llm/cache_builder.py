@@ -764,10 +764,10 @@ def _index_params(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m imagebind_llm.cache_builder",
+    parser = argparse.ArgumentParser(prog="python -m imagebind_llm build-cache",
                                      description="Build visual caches (FAISS indexes of ImageBind image "
                                                  "features).")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--threads", type=int, help="FAISS / torch threads (default: all cores)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -782,15 +782,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "(ImageBindConfig.to_json) or a .json of official ImageBindModel kwargs")
     images.add_argument("--chunk-size", type=int, default=256, help="images per chunk (default 256)")
     images.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    images.add_argument("--device", default="cpu")
-    images.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    images.add_argument("--device", default=None,
+                        help="where ImageBind runs: cpu, cuda, cuda:1, ... (default: cuda when there is one)")
+    images.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="ImageBind weights dtype (default float32)")
     images.add_argument("--mode", choices=("corrected", "official"), default="corrected",
                         help="image preprocessing (use the one the app's queries use; default corrected)")
     images.add_argument("--no-resume", dest="resume", action="store_false", help="start over")
     _add_index_arguments(images, "flat")
 
     features = commands.add_parser("from-features", help="index a ready (N, D) feature file (.npy / .pt)")
-    features.add_argument("file")
+    features.add_argument("file", help="(N, D) features: a .npy array or a .pt tensor")
     features.add_argument("out", help="cache directory to write")
     features.add_argument("--no-normalize", dest="normalize", action="store_false",
                           help="keep the rows as they are (default: L2-normalise)")
@@ -842,8 +844,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .preprocess import PreprocessOptions
 
             dtype = getattr(torch, args.dtype)
+            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
             model = load_imagebind(args.checkpoint, _imagebind_config(args.imagebind_config),
-                                   with_point=False, device=args.device, dtype=dtype)
+                                   with_point=False, device=device, dtype=dtype)
             embedder = Embedder(model, PreprocessOptions(mode=args.mode), batch_size=args.batch_size)
             report = build_cache(args.folder, embedder, args.out, chunk_size=args.chunk_size,
                                  resume=args.resume, progress=args.progress, kind=args.kind,

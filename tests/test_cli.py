@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -106,14 +107,26 @@ def test_interactive_chat_keeps_going_after_a_bad_file_or_a_stopped_answer(model
     assert out.rstrip().splitlines()[-1] not in ("", "> ")  # the last question was answered
 
 
-def test_every_command_line_flag_says_what_it_does():
-    from imagebind_llm.cli import build_parser
+def _subcommands(parser):
+    return next(action for action in parser._actions if action.dest == "command").choices
 
-    parser = build_parser()
-    commands = next(action for action in parser._actions if action.dest == "command").choices
-    for name in ("chat", "embed", "image"):
-        for action in commands[name]._actions:
-            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+def test_every_command_line_flag_says_what_it_does():
+    from imagebind_llm import cache_builder, cli
+
+    commands = _subcommands(cli.build_parser())
+    parsers = {name: commands[name] for name in ("chat", "embed", "image")}
+    builder = cache_builder.build_parser()
+    assert builder.prog == "python -m imagebind_llm build-cache"  # how the README runs it
+    parsers |= {f"build-cache {name}": sub for name, sub in _subcommands(builder).items()}
+    parsers["build-cache"] = builder
+    from train.cli import parser as train_parser
+
+    parsers["python -m train"] = train_parser()
+    for name, parser in parsers.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help"
 
 
 def test_bad_input_is_an_error_line_not_a_traceback(model_args, capsys, tmp_path):

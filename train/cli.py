@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--export-only", action="store_true",
                    help="only export the adapter of the --resume checkpoint (no training)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="settings that replace the config's (see below)")
     return p
 
 
