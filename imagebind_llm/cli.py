@@ -252,8 +252,9 @@ def run_chat(args) -> int:
                 sys.stdout.write(delta)
                 sys.stdout.flush()
         except ImageBindLLMError as error:  # a bad file or question ends this turn, not the session
-            dropped = f"; the inputs attached to it were not used: attach them again ({len(pending)})" \
-                if pending else ""
+            many = len(pending) > 1
+            dropped = (f"; its {len(pending)} attached input{'s were' if many else ' was'} dropped: attach "
+                       f"{'them' if many else 'it'} again") if pending else ""
             print(f"\nerror: {error}\n[the question was not asked{dropped}]")
         except KeyboardInterrupt:  # Ctrl-C stops the answer; the chat keeps what was said
             if chat.turns and chat.turns[-1].question == question and chat.turns[-1].answer is None:
@@ -381,6 +382,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command is None:
         parser.error("choose a command: chat, embed, image or build-cache")
+    try:  # settings out of range are named now, not after minutes of loading
+        if args.command == "chat":
+            settings_from(args)
+        elif args.command == "image":
+            cache_config_from(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     try:

@@ -101,7 +101,7 @@ def test_interactive_chat_keeps_going_after_a_bad_file_or_a_stopped_answer(model
                                   "And now?"])
     assert main(["chat", *model_args, "--interactive", "--temperature", "0", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
-    assert "error: " in out and "broken.png" in out and "attach them again (1)" in out
+    assert "error: " in out and "broken.png" in out and "its 1 attached input was dropped: attach it again" in out
     assert "[stopped]" in out
     assert asked == ["What is this?", "Stop me.", "And now?"]  # the session went on after both
     assert out.rstrip().splitlines()[-1] not in ("", "> ")  # the last question was answered
@@ -127,6 +127,21 @@ def test_every_command_line_flag_says_what_it_does():
         for action in parser._actions:
             if not isinstance(action, argparse._SubParsersAction):
                 assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--top-p", "2"], "top_p"), (["--max-new-tokens", "0"], "max_new_tokens"), (["--temperature", "-1"], "temperature"),
+    (["--cache", "--cache-weight", "1.5"], "cache weight"), (["--cache", "--cache-size", "0"], "cache size"),
+])
+def test_settings_out_of_range_are_named_before_anything_loads(flags, named, capsys, monkeypatch):
+    import imagebind_llm.cli as cli
+
+    monkeypatch.setattr(cli, "load_pipeline", lambda args: pytest.fail("loaded the model for unusable settings"))
+    assert main(["chat", *flags, "Hi?"]) == 2
+    assert named in capsys.readouterr().err
+    if "--cache" in flags:
+        assert main(["image", *flags, "--text", "a dog"]) == 2
+        assert named in capsys.readouterr().err
 
 
 def test_bad_input_is_an_error_line_not_a_traceback(model_args, capsys, tmp_path):
@@ -175,3 +190,25 @@ def test_build_cache_command_from_features(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["build-cache", "--help"])
     assert "from-images" in capsys.readouterr().out
+
+
+def test_chat_with_a_compressed_cache_answers_as_with_the_flat_index(model_args, files, golden, tmp_path, capsys,
+                                                                     monkeypatch):
+    """The README's recipe: compress the official knn.index, then pass the folder as --cache-index."""
+    from imagebind_llm.visual_cache import VisualCache
+
+    blended = []
+    blend = VisualCache.blend
+    monkeypatch.setattr(VisualCache, "blend",
+                        lambda self, *args, **kwargs: blended.append(self.exact) or blend(self, *args, **kwargs))
+    assert main(["build-cache", "--no-progress", "compress", str(golden / "cache" / "knn.index"),
+                 str(tmp_path / "compact"), "--kind", "hnsw-sq8"]) == 0
+    question = ["--image", files["image"], "--cache", "--temperature", "0", "--max-new-tokens", "8", "What is it?"]
+    capsys.readouterr()
+    assert main(["chat", *model_args, *question]) == 0
+    flat = capsys.readouterr().out
+    compact = [*model_args[:-1], str(tmp_path / "compact")]  # --cache-index is the last model flag
+    assert model_args[-2] == "--cache-index"
+    assert main(["chat", *compact, *question]) == 0
+    assert capsys.readouterr().out == flat
+    assert blended == [True, False]  # the flat index, then the compressed one (re-ranked to the same answer)
