@@ -212,3 +212,49 @@ def test_chat_with_a_compressed_cache_answers_as_with_the_flat_index(model_args,
     assert main(["chat", *compact, *question]) == 0
     assert capsys.readouterr().out == flat
     assert blended == [True, False]  # the flat index, then the compressed one (re-ranked to the same answer)
+
+
+def test_a_released_preset_loads_from_the_hugging_face_cache_and_answers_as_its_files(
+        model_args, files, golden, tmp_path, capsys, monkeypatch):
+    """The path a released model takes (``--preset NAME --llama PATH``): its ImageBind, adapter and
+    cache index come from the Hugging Face cache, offline, checked against their sha256; the
+    answer is the one of the same files given by path."""
+    import hashlib
+
+    from imagebind_llm import config, hub, presets
+
+    from test_hub import add_to_hub_cache
+
+    hub_cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    for name in hub.ENV_OVERRIDES.values():
+        monkeypatch.delenv(name, raising=False)
+    given = dict(zip(model_args[::2], model_args[1::2]))
+    weights = {}
+    for role, flag, repo in (("imagebind", "--imagebind", "org/imagebind"), ("adapter", "--adapter", "org/adapter"),
+                             ("cache_index", "--cache-index", "org/knn")):
+        data = open(given[flag], "rb").read()
+        filename = given[flag].rsplit("/", 1)[-1]
+        add_to_hub_cache(hub_cache, repo, {filename: data})
+        weights[role] = presets.WeightFile(repo_id=repo, filename=filename, sha256=hashlib.sha256(data).hexdigest(),
+                                           size_bytes=len(data))
+    monkeypatch.setitem(config.IMAGEBIND_PRESETS, "golden", lambda with_point=True: golden_config(golden, with_point))
+    preset = presets.Preset(name="golden-release", description="the golden files as a released preset",
+                            llama_type="tiny", llama_requirement="the golden tiny LLaMA", imagebind_config="golden",
+                            **weights)
+    monkeypatch.setitem(presets._PRESETS, preset.name, preset)
+    question = ["--image", files["image"], "--cache", "--temperature", "0", "--max-new-tokens", "8", "What is it?"]
+
+    assert main(["chat", *model_args, *question]) == 0
+    by_path = capsys.readouterr().out
+    assert main(["chat", "--preset", preset.name, "--llama", given["--llama"], *question]) == 0
+    assert capsys.readouterr().out == by_path
+
+    blob = next((hub_cache / "models--org--adapter" / "blobs").iterdir())  # a damaged download is named
+    damaged = bytearray(blob.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    blob.write_bytes(bytes(damaged))
+    assert main(["chat", "--preset", preset.name, "--llama", given["--llama"], *question]) == 2
+    error = capsys.readouterr().err
+    assert "adapter.pth" in error and "sha256 mismatch" in error
