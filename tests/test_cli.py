@@ -121,8 +121,10 @@ def test_every_command_line_flag_says_what_it_does():
     parsers |= {f"build-cache {name}": sub for name, sub in _subcommands(builder).items()}
     parsers["build-cache"] = builder
     from train.cli import parser as train_parser
+    from imagebind_llm.eval.toyworld import build_parser as toyworld_eval_parser
 
     parsers["python -m train"] = train_parser()
+    parsers["python -m imagebind_llm.eval toyworld"] = toyworld_eval_parser()
     for name, parser in parsers.items():
         for action in parser._actions:
             if not isinstance(action, argparse._SubParsersAction):
@@ -258,3 +260,17 @@ def test_a_released_preset_loads_from_the_hugging_face_cache_and_answers_as_its_
     assert main(["chat", "--preset", preset.name, "--llama", given["--llama"], *question]) == 2
     error = capsys.readouterr().err
     assert "adapter.pth" in error and "sha256 mismatch" in error
+
+
+def test_toyworld_evaluation_command(tmp_path, capsys):
+    from imagebind_llm.eval.__main__ import main as evaluate
+
+    assert evaluate(["toyworld", "--n", "2", "--modalities", "image, audio", "--json", str(tmp_path / "r.json")]) == 0
+    table = capsys.readouterr().out
+    assert "image" in table and "audio" in table and "depth" not in table
+    assert json.loads((tmp_path / "r.json").read_text())
+    with pytest.raises(SystemExit):
+        evaluate(["toyworld", "--modalities", "image,smell"])
+    assert "unknown smell" in capsys.readouterr().err
+    assert evaluate(["mmbench"]) == 2
+    assert "unknown benchmark 'mmbench'" in capsys.readouterr().err

@@ -140,23 +140,34 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m imagebind_llm.eval toyworld", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--n", type=int, default=200, help="scenes per modality")
-    parser.add_argument("--preset", default="toyworld")
-    parser.add_argument("--modalities", default=",".join(MODALITIES))
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the rendered scenes (default 1)")
+    parser.add_argument("--n", type=int, default=200, help="scenes per modality (default 200)")
+    parser.add_argument("--preset", default="toyworld", help="the model to evaluate (default toyworld)")
+    parser.add_argument("--modalities", default=",".join(MODALITIES),
+                        help=f"comma-separated, from {','.join(MODALITIES)} (default: all)")
     parser.add_argument("--folder", help="keep the rendered files here (default: a temporary folder)")
     parser.add_argument("--json", help="also write the results to this file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    unknown = sorted(set(modalities) - set(MODALITIES))
+    if unknown or not modalities:
+        parser.error(f"--modalities: unknown {', '.join(unknown)}; choose from {','.join(MODALITIES)}" if unknown
+                     else "--modalities: name at least one")
     from ..presets import load_preset_pipeline
 
     pipeline = load_preset_pipeline(args.preset)
-    results = evaluate(pipeline, seed=args.seed, n=args.n, folder=args.folder,
-                       modalities=[m.strip() for m in args.modalities.split(",") if m.strip()])
+    results = evaluate(pipeline, seed=args.seed, n=args.n, folder=args.folder, modalities=modalities)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
