@@ -218,32 +218,34 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "Meta and Hugging Face layouts (exact round trips).")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def llama_command(name: str, help: str) -> argparse.ArgumentParser:
+    def llama_command(name: str, help: str, src: str, dst: str) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help)
-        command.add_argument("src", type=Path)
-        command.add_argument("dst", type=Path)
+        command.add_argument("src", type=Path, help=src)
+        command.add_argument("dst", type=Path, help=dst)
         command.add_argument("--tokenizer", type=Path, default=None,
                              help="the SentencePiece tokenizer.model (default: in SRC or beside it)")
         command.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                              help="cast the weights (default: keep the checkpoint's dtype)")
         return command
 
-    meta_to_hf = llama_command("llama-meta-to-hf", "Meta LLaMA folder -> Hugging Face folder")
+    meta_to_hf = llama_command("llama-meta-to-hf", "Meta LLaMA folder -> Hugging Face folder",
+                               "the Meta folder (consolidated.*.pth, params.json)", "the Hugging Face folder to write")
     meta_to_hf.add_argument("--shard-size", type=parse_size, default=DEFAULT_SHARD_BYTES,
                             help="largest safetensors shard, e.g. 5GB (default), 500MB")
-    llama_command("llama-hf-to-meta", "Hugging Face LLaMA folder -> Meta folder")
+    llama_command("llama-hf-to-meta", "Hugging Face LLaMA folder -> Meta folder",
+                  "the Hugging Face folder (config.json, *.safetensors or *.bin)", "the Meta folder to write")
 
     to_hf = commands.add_parser("adapter-to-hf", help="official adapter (.pth) -> Hugging Face naming (.safetensors)")
-    to_hf.add_argument("src", type=Path)
-    to_hf.add_argument("dst", type=Path)
+    to_hf.add_argument("src", type=Path, help="the official adapter (.pth, e.g. 7B.pth)")
+    to_hf.add_argument("dst", type=Path, help="the .safetensors file to write")
     heads = to_hf.add_mutually_exclusive_group()
     heads.add_argument("--n-heads", type=int, default=None, help="attention heads (default: from the gates)")
     heads.add_argument("--base", type=Path, default=None,
                        help="the base LLaMA folder: its head count is used and the adapter is checked against it")
 
     from_hf = commands.add_parser("adapter-from-hf", help="Hugging Face adapter (.safetensors) -> official .pth")
-    from_hf.add_argument("src", type=Path)
-    from_hf.add_argument("dst", type=Path)
+    from_hf.add_argument("src", type=Path, help="the Hugging Face adapter (.safetensors)")
+    from_hf.add_argument("dst", type=Path, help="the official .pth to write")
     from_hf.add_argument("--n-heads", type=int, default=None,
                          help="attention heads (default: the file's metadata, else the gates)")
 

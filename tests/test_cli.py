@@ -125,6 +125,16 @@ def test_every_command_line_flag_says_what_it_does():
 
     parsers["python -m train"] = train_parser()
     parsers["python -m imagebind_llm.eval toyworld"] = toyworld_eval_parser()
+    from imagebind_llm.app.server import build_parser as app_parser
+
+    parsers["python app.py"] = app_parser()
+    from imagebind_llm.convert import build_parser as convert_parser
+    from imagebind_llm.merge import build_parser as merge_parser
+    from train.toyworld import build_parser as toyworld_parser
+
+    parsers["python -m imagebind_llm.merge"] = merge_parser()
+    parsers["python -m train.toyworld"] = toyworld_parser()
+    parsers |= {f"python -m imagebind_llm.convert {name}": sub for name, sub in _subcommands(convert_parser()).items()}
     for name, parser in parsers.items():
         for action in parser._actions:
             if not isinstance(action, argparse._SubParsersAction):

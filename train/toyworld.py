@@ -578,17 +578,23 @@ def _with_setting(config: ToyWorldConfig, item: str) -> ToyWorldConfig:
     return replace(config, **{key: read_setting(key, text, types[key])})
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.toyworld", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/toyworld")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/toyworld",
+                        help="run folder: every step's output, kept so that a rerun resumes (default runs/toyworld)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the training (default 0)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every step")
     parser.add_argument("--install", action="store_true", help="copy the result into the package as the default")
     parser.add_argument("--force", action="append", default=[], choices=STEPS, help="redo a finished step")
     parser.add_argument("--until", choices=STEPS, help="stop after this step")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a setting of ToyWorldConfig")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
     config = ToyWorldConfig.quick(args.out) if args.quick else ToyWorldConfig(out=args.out)
     config = replace(config, seed=args.seed)

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="load the preset's visual-cache index (the official knn.index is about 13 GB); "
                             "the toyworld and tiny-untrained presets always have their small caches")
     group.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
-    group.add_argument("--port", type=int, default=7860)
+    group.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     group.add_argument("--share", type=_flag, nargs="?", const=True, default=False, metavar="BOOL",
                        help="also serve through a public gradio.live link (needs internet)")
     group.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue (0: no bound)")
