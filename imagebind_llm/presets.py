@@ -428,11 +428,15 @@ def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype,
 
 
 def load_preset_imagebind(name: str | None = None, *, imagebind=None, device="cpu", dtype=None):
-    """Only the ImageBind encoder of a preset (for embeddings; no LLaMA needed)."""
+    """Only the ImageBind encoder of a preset (for embeddings; no LLaMA needed), in ``dtype``
+    (default float32, as in the preset's pipeline, so that the embeddings are the pipeline's)."""
+    import torch
+
     from .checkpoint import load_imagebind
     from .hub import resolve
 
     name = name or DEFAULT_PRESET
+    dtype = dtype or torch.float32
     if name == UNTRAINED_PRESET:
         return build_untrained_pipeline(device=device, dtype=dtype).imagebind
     if name == TOYWORLD_PRESET:

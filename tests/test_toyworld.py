@@ -248,7 +248,6 @@ def test_shipped_model_files_match_their_checksums(shipped):
     assert sum(f["bytes"] for f in manifest["files"].values()) <= 30 * 2**20  # the issue's budget
 
 
-
 def test_a_damaged_or_incomplete_model_folder_is_named(shipped, tmp_path):
     """A copy of the shipped folder with a file changed, a file missing or no manifest: each is
     refused at load with the file and what to do, instead of loading wrong weights."""
@@ -271,6 +270,7 @@ def test_a_damaged_or_incomplete_model_folder_is_named(shipped, tmp_path):
     with pytest.raises(CheckpointError, match=r"manifest.json is missing \(train it with python -m train.toyworld"):
         verify_manifest(folder)
 
+
 def test_the_shipped_model_loads_without_its_visual_cache(shipped):
     from imagebind_llm.presets import build_toyworld_pipeline
 
@@ -278,6 +278,24 @@ def test_the_shipped_model_loads_without_its_visual_cache(shipped):
     bare = build_toyworld_pipeline(visual_cache=False)  # no faiss needed (bench/speed.py on a bare GPU image)
     assert bare.cache is None
     torch.testing.assert_close(bare.model.prefix_query, shipped.model.prefix_query)
+
+
+def test_the_presets_imagebind_alone_gives_the_pipelines_embeddings(shipped):
+    """``load_preset_imagebind`` (the embed command, Python users) loads the encoders as the
+    pipeline does: float32, not the float16 they are stored in."""
+    from pathlib import Path
+
+    from imagebind_llm.embedding import Embedder
+    from imagebind_llm.presets import load_preset_imagebind
+
+    alone = load_preset_imagebind("toyworld")
+    assert {p.dtype for p in alone.parameters()} == {torch.float32}
+    image = str(Path(__file__).parents[1] / "examples" / "toyworld" / "two_red_balls.png")
+    inputs = {"image": [image], "text": ["two red balls"]}
+    expected = Embedder(shipped.imagebind).embed(inputs).unit
+    got = Embedder(alone).embed(inputs).unit
+    for kind in inputs:
+        torch.testing.assert_close(got[kind], expected[kind], rtol=0, atol=0)
 
 
 def test_the_mixed_description_has_room_for_two_scenes(shipped):
