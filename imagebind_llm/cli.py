@@ -225,8 +225,10 @@ def run_chat(args) -> int:
     if args.prefix_cache_mb > 0:  # each turn then prefills only its new tokens, not the whole conversation
         pipeline.enable_prefix_cache(int(args.prefix_cache_mb * 2**20))
     chat = Chat()
-    print("Type a question; '/<kind> VALUE[:W]' attaches an input to the next question "
-          f"(kinds: {', '.join(KINDS)}), '/reset' starts over, Ctrl-C stops an answer, Ctrl-D quits.")
+    usage = ("Type a question; '/<kind> VALUE[:W]' attaches an input to the next question "
+             f"(kinds: {', '.join(KINDS)}), '/reset' starts over, '/help' shows this, Ctrl-C stops an answer, "
+             "Ctrl-D quits.")
+    print(usage)
     pending = list(media)
     question = args.question
     while True:
@@ -240,10 +242,17 @@ def run_chat(args) -> int:
             command, _, rest = question[1:].partition(" ")
             if command == "reset":
                 chat, pending = Chat(), []
-            elif command in KINDS and rest:
+                print("[a new conversation]")
+            elif command == "help":
+                print(usage)
+            elif command in KINDS and rest.strip():
                 pending.append(parse_input(command, rest.strip()))
+                print(f"[{command} {pending[-1].value!r} (weight {pending[-1].weight:g}) will go with the next "
+                      "question]")
+            elif command in KINDS:
+                print(f"/{command} needs a value: /{command} VALUE[:WEIGHT]")
             else:
-                print(f"unknown command {question!r}")
+                print(f"unknown command {question!r}; /help lists the commands")
             question = None
             continue
         notices = len(chat.notices)

@@ -98,11 +98,14 @@ def test_interactive_chat_keeps_going_after_a_bad_file_or_a_stopped_answer(model
 
     monkeypatch.setattr(Pipeline, "chat", stopped_after_one_word)
     _lines_as_input(monkeypatch, [f"/image {broken}", "What is this?", f"/image {files['image']}", "Stop me.",
-                                  "And now?"])
+                                  "/image", "/smell roses", "/help", "And now?"])
     assert main(["chat", *model_args, "--interactive", "--temperature", "0", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert "error: " in out and "broken.png" in out and "its 1 attached input was dropped: attach it again" in out
     assert "[stopped]" in out
+    assert f"[image {files['image']!r} (weight 1) will go with the next question]" in out
+    assert "/image needs a value" in out and "unknown command '/smell roses'; /help lists" in out
+    assert out.count("'/help' shows this") == 2  # at the start and for /help
     assert asked == ["What is this?", "Stop me.", "And now?"]  # the session went on after both
     assert out.rstrip().splitlines()[-1] not in ("", "> ")  # the last question was answered
 
