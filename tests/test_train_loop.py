@@ -172,3 +172,17 @@ def test_exported_adapter_loads_into_the_pipeline_and_changes_its_answers(golden
     after_official, after_project = answer(exports["official"]), answer(exports["project"])
     assert after_official == after_project
     assert after_official != before
+
+
+def test_too_few_examples_for_a_batch_say_which_settings_decide_it(tmp_path):
+    """Two images with the laptop settings (batch 4, a tenth held out): a configuration error
+    that names the batch settings and the held-out example, not a traceback."""
+    from train.config import ConfigError
+
+    data = write_captions(tmp_path, write_images(tmp_path, 2))
+    with pytest.raises(ConfigError, match=r"1 training example \(per sub-epoch: 1\) does not fill one global "
+                                          r"batch of 4.*Lower optim.batch_size or optim.accum_iter, or add "
+                                          r"examples; 1 more is held out .*data.eval_fraction=0.1"):
+        run("pretrain", tmp_path / "run", f"data.train=[{data}]", "data.eval_fraction=0.1", "optim.batch_size=4")
+    summary = run("pretrain", tmp_path / "run", f"data.train=[{data}]", "optim.batch_size=2", "optim.max_steps=2")
+    assert summary["steps"] == 2  # what the message suggests works

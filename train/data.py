@@ -625,7 +625,8 @@ class BatchPlan:
         self.per_epoch = n // split_epoch
         self.steps_per_epoch = self.per_epoch // self.global_batch
         if self.steps_per_epoch < 1:
-            raise ValueError(f"{n} training examples (per sub-epoch: {self.per_epoch}) do not fill one global batch "
+            raise ValueError(f"{n} training example{'' if n == 1 else 's'} (per sub-epoch: {self.per_epoch}) "
+                             f"do{'es' if n == 1 else ''} not fill one global batch "
                              f"of {self.global_batch} (batch_size {batch_size} x accum_iter {accum_iter} x "
                              f"{world} processes)")
 

@@ -34,7 +34,7 @@ from .checkpointing import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data import (
     OFFICIAL_IGNORE,
     Batch,
@@ -279,7 +279,7 @@ def run(config: RunConfig, info: D.DistInfo, *, precompute_only: bool = False, e
 
     if precompute_only:
         if data.features is None:
-            raise ValueError("--precompute needs data.features (the folder to write)")
+            raise ConfigError("--precompute needs data.features (the folder to write)")
         preset = config.model.preset
         manifest = {"imagebind": config.model.imagebind or preset,
                     "imagebind_config": config.model.imagebind_config if preset is None else preset,
@@ -299,11 +299,11 @@ def run(config: RunConfig, info: D.DistInfo, *, precompute_only: bool = False, e
     if use_features:
         store = FeatureStore(data.features)
         if store.dim != comps.imagebind_config.embed_dim:
-            raise ValueError(f"{data.features} holds features of width {store.dim}, the model takes "
+            raise ConfigError(f"{data.features} holds features of width {store.dim}, the model takes "
                              f"{comps.imagebind_config.embed_dim}")
         missing = store.missing(train_records + eval_records)
         if missing:
-            raise ValueError(f"{len(missing)} media items have no precomputed feature in {data.features} (e.g. "
+            raise ConfigError(f"{len(missing)} media items have no precomputed feature in {data.features} (e.g. "
                              f"{missing[0].value}): run the same command with --precompute first")
 
         def usable(records):
@@ -329,8 +329,13 @@ def run(config: RunConfig, info: D.DistInfo, *, precompute_only: bool = False, e
     eval_dataset = ExampleDataset(eval_records, tokenizer, data, config.seed, options, store, augment=False)
     collate = Collate(data.max_words, ignore, feature_dim if store is not None else None)
     o = config.optim
-    plan = BatchPlan(len(train_records), o.batch_size, o.accum_iter, info.world, info.rank, config.seed,
-                     data.split_epoch)
+    try:
+        plan = BatchPlan(len(train_records), o.batch_size, o.accum_iter, info.world, info.rank, config.seed,
+                         data.split_epoch)
+    except ValueError as error:  # too few examples: say which settings decide it
+        held = (f"; {len(eval_records)} more {'is' if len(eval_records) == 1 else 'are'} held out for evaluation "
+                f"(data.eval_fraction={data.eval_fraction}; 0 trains on all)") if eval_records and not data.eval else ""
+        raise ConfigError(f"{error}. Lower optim.batch_size or optim.accum_iter, or add examples{held}") from None
     schedule = make_schedule(config, plan.steps_per_epoch, info.world)
 
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -358,7 +363,7 @@ def run(config: RunConfig, info: D.DistInfo, *, precompute_only: bool = False, e
         checkpoint = load_checkpoint(resume)
         progress = checkpoint["progress"]
         if (progress["global_batch"], progress["n_train"]) != (plan.global_batch, len(train_records)):
-            raise ValueError(f"{resume} was made with a global batch of {progress['global_batch']} over "
+            raise ConfigError(f"{resume} was made with a global batch of {progress['global_batch']} over "
                              f"{progress['n_train']} examples; this run has {plan.global_batch} over "
                              f"{len(train_records)}: keep batch_size x accum_iter x processes and the data")
         now = _flat(config.to_dict())
