@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from test_imagebind_golden import golden_config
 
 from imagebind_llm.cli import main, parse_input
 from imagebind_llm.pipeline import Pipeline
 from imagebind_llm.preprocess import guess_kind
-
-from test_imagebind_golden import golden_config
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +123,8 @@ def test_every_command_line_flag_says_what_it_does():
     assert builder.prog == "python -m imagebind_llm build-cache"  # how the README runs it
     parsers |= {f"build-cache {name}": sub for name, sub in _subcommands(builder).items()}
     parsers["build-cache"] = builder
-    from train.cli import parser as train_parser
     from imagebind_llm.eval.toyworld import build_parser as toyworld_eval_parser
+    from train.cli import parser as train_parser
 
     parsers["python -m train"] = train_parser()
     parsers["python -m imagebind_llm.eval toyworld"] = toyworld_eval_parser()
@@ -149,7 +149,7 @@ def test_every_command_line_flag_says_what_it_does():
     (["--cache", "--cache-weight", "1.5"], "cache weight"), (["--cache", "--cache-size", "0"], "cache size"),
 ])
 def test_settings_out_of_range_are_named_before_anything_loads(flags, named, capsys, monkeypatch):
-    import imagebind_llm.cli as cli
+    from imagebind_llm import cli
 
     monkeypatch.setattr(cli, "load_pipeline", lambda args: pytest.fail("loaded the model for unusable settings"))
     assert main(["chat", *flags, "Hi?"]) == 2
@@ -236,9 +236,9 @@ def test_a_released_preset_loads_from_the_hugging_face_cache_and_answers_as_its_
     answer is the one of the same files given by path."""
     import hashlib
 
-    from imagebind_llm import config, hub, presets
-
     from test_hub import add_to_hub_cache
+
+    from imagebind_llm import config, hub, presets
 
     hub_cache = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -249,7 +249,7 @@ def test_a_released_preset_loads_from_the_hugging_face_cache_and_answers_as_its_
     weights = {}
     for role, flag, repo in (("imagebind", "--imagebind", "org/imagebind"), ("adapter", "--adapter", "org/adapter"),
                              ("cache_index", "--cache-index", "org/knn")):
-        data = open(given[flag], "rb").read()
+        data = Path(given[flag]).read_bytes()
         filename = given[flag].rsplit("/", 1)[-1]
         add_to_hub_cache(hub_cache, repo, {filename: data})
         weights[role] = presets.WeightFile(repo_id=repo, filename=filename, sha256=hashlib.sha256(data).hexdigest(),

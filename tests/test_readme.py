@@ -18,7 +18,7 @@ def test_the_python_example_on_the_default_model_answers_as_shown(monkeypatch):
         pytest.skip("the toy-world model is not installed (python -m train.toyworld --install)")
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Use it from Python", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     *statements, expected = code.strip().splitlines()
     assert expected.startswith("# "), "the example ends with the answer it prints, as a comment"
     monkeypatch.chdir(ROOT)  # its paths are relative to the repository

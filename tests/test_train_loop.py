@@ -186,3 +186,26 @@ def test_too_few_examples_for_a_batch_say_which_settings_decide_it(tmp_path):
         run("pretrain", tmp_path / "run", f"data.train=[{data}]", "data.eval_fraction=0.1", "optim.batch_size=4")
     summary = run("pretrain", tmp_path / "run", f"data.train=[{data}]", "optim.batch_size=2", "optim.max_steps=2")
     assert summary["steps"] == 2  # what the message suggests works
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "configuration error: no training data: list the caption or conversation files in data.train"),
+    (["data.train=[nowhere.csv]"], "configuration error: data file not found: nowhere.csv"),
+    (["data.train=[picture.png]"], "configuration error: picture.png: unknown data format"),
+    (["model.preset=null", "model.llama=nowhere", "model.imagebind=nowhere.pth", "data.train=[x.csv]"],
+     "error: no LLaMA weights at nowhere"),
+])
+def test_the_command_names_what_is_wrong_without_a_traceback(args, message, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    (tmp_path / "picture.png").write_bytes(b"")
+    (tmp_path / "x.csv").write_text("url\tcaption\n")
+    result = subprocess.run([sys.executable, "-m", "train", "--config", str(root / "train/configs/laptop.yaml"),
+                             *args, f"out_dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, check=False, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr

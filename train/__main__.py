@@ -4,15 +4,20 @@ import logging
 import os
 import sys
 
+from imagebind_llm.errors import ImageBindLLMError
+
 from . import main
 from .config import ConfigError
+from .data import BadDataError
 
 try:
     main()
 except KeyboardInterrupt:
     sys.exit(130)
-except ConfigError as error:  # a wrong key or value: the message says which; no traceback needed
+except ConfigError as error:  # a wrong key, value or file: the message says which; no traceback needed
     sys.exit(f"python -m train: configuration error: {error}")
+except (ImageBindLLMError, BadDataError) as error:  # weights that do not fit, data.strict's first bad record
+    sys.exit(f"python -m train: error: {error}")
 
 if int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1:
     # Under torchrun (or srun), skip the interpreter's teardown once the run has finished: the process group

@@ -35,6 +35,7 @@ import torch
 from imagebind_llm.config import AdapterConfig, ImageBindLLMConfig, LlamaConfig
 from imagebind_llm.weights import is_adapter_key, project_to_adapter_key
 
+from .config import ConfigError, MissingFileError
 from .distributed import DistInfo, all_gather_objects, full_tensor, shard_like
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, params: 
     position = 0
     for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=True):
         if len(group["params"]) != len(saved_group["params"]):
-            raise ValueError("the checkpoint's optimizer groups do not match this run's trainable set")
+            raise ConfigError("the checkpoint's optimizer groups do not match this run's trainable set")
         restored = {k: v for k, v in saved_group.items() if k != "params"}
         restored["params"] = list(range(position, position + len(group["params"])))
         position += len(group["params"])
@@ -167,17 +168,17 @@ def find_resume(spec: str | None, directory: Path) -> Path | None:
     if path.is_dir():
         found = checkpoint_paths(path)
         if not found:
-            raise FileNotFoundError(f"no checkpoint-*.pt in {path}")
+            raise MissingFileError(f"no checkpoint-*.pt in {path}")
         return found[-1]
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     return path
 
 
 def load_checkpoint(path: Path) -> dict:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a training checkpoint of this project")
+        raise ConfigError(f"{path} is not a training checkpoint of this project")
     return checkpoint
 
 
@@ -215,7 +216,7 @@ def read_project_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], Ima
     project-format adapter."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{path}: not a project-format adapter (format {payload.get('format')!r})")
+        raise ConfigError(f"{path}: not a project-format adapter (format {payload.get('format')!r})")
     config = payload["config"]
     model_config = ImageBindLLMConfig(llama=LlamaConfig(**config["llama"]), adapter=AdapterConfig(**config["adapter"]))
     return dict(payload["model"]), model_config, payload.get("training", {})

@@ -43,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precompute", action="store_true",
                    help="only write the ImageBind features of the data to data.features (resumable), then stop")
     p.add_argument("--export-only", action="store_true",
-                   help="only export the adapter of the --resume checkpoint (no training)")
+                   help="only export the adapter of the --resume checkpoint (no training; give the run's "
+                        "configuration and data.train again)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="settings that replace the config's (see below)")

@@ -217,6 +217,10 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names it."""
 
 
+class MissingFileError(ConfigError, FileNotFoundError):
+    """A file or folder the configuration names (data, features, a checkpoint) is not there."""
+
+
 def _sections() -> dict[str, type]:
     return {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig}
 

@@ -48,7 +48,7 @@ from imagebind_llm.model import IGNORE_INDEX
 from imagebind_llm.preprocess import KINDS, PreprocessOptions, guess_kind
 from imagebind_llm.prompts import Turn, chat_prompt
 
-from .config import DataConfig
+from .config import ConfigError, DataConfig, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -263,10 +263,10 @@ def read_caption_file(path: Path, media_root: Path | None, instruction: str, rep
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header is None:
-            raise ValueError(f"{path}: the file is empty (a header with url and caption is expected)")
+            raise ConfigError(f"{path}: the file is empty (a header with url and caption is expected)")
         columns = {name.strip(): i for i, name in enumerate(header)}
         if "url" not in columns or "caption" not in columns:
-            raise ValueError(f"{path}: the header must name 'url' and 'caption' (tab-separated), got {header}")
+            raise ConfigError(f"{path}: the header must name 'url' and 'caption' (tab-separated), got {header}")
         for row in reader:
             where = f"line {reader.line_num}"
             try:
@@ -299,9 +299,9 @@ def read_conversation_file(path: Path, media_root: Path | None, multi_turn: bool
         try:
             loaded = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
+            raise ConfigError(f"{path}: not valid JSON ({error})") from None
         if not isinstance(loaded, list):
-            raise ValueError(f"{path}: a JSON list of records is expected")
+            raise ConfigError(f"{path}: a JSON list of records is expected")
         items = [(f"record {i}", item) for i, item in enumerate(loaded)]
     records = []
     for where, item in items:
@@ -322,7 +322,7 @@ def read_records(files: Sequence[str], config: DataConfig, report: DataReport) -
     for name in files:
         path = Path(name)
         if not path.is_file():
-            raise FileNotFoundError(f"data file not found: {path}")
+            raise MissingFileError(f"data file not found: {path}")
         suffix = path.suffix.lower()
         if suffix in CAPTION_SUFFIXES:
             records += read_caption_file(path, media_root, config.instruction, report)
@@ -330,7 +330,7 @@ def read_records(files: Sequence[str], config: DataConfig, report: DataReport) -
             records += read_conversation_file(path, media_root, config.multi_turn, config.strip_media_markers, report)
         else:
             known = ", ".join(CAPTION_SUFFIXES + CONVERSATION_SUFFIXES)
-            raise ValueError(f"{path}: unknown data format (expected {known})")
+            raise ConfigError(f"{path}: unknown data format (expected {known})")
     return records
 
 

@@ -259,6 +259,11 @@ _BOOKKEEPING = {"resume", "out_dir", "log_interval", "eval_interval", "save_inte
 
 def run(config: RunConfig, info: D.DistInfo, *, precompute_only: bool = False, export_only: bool = False) -> dict:
     """Train (or only precompute features, or only export a checkpoint) as ``config`` says."""
+    if not config.data.train:
+        again = (" (--export-only rebuilds the run that wrote the checkpoint: give its configuration and data "
+                 "again)") if export_only else ""
+        raise ConfigError("no training data: list the caption or conversation files in data.train, e.g. "
+                          f"data.train=[captions.csv] (train/README.md, section Data){again}")
     out = config.output_dir
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)

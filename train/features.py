@@ -33,6 +33,7 @@ import torch
 from imagebind_llm.fusion import FusionMode, fuse
 from imagebind_llm.preprocess import KIND_TO_MODALITY, PreprocessOptions
 
+from .config import ConfigError, MissingFileError
 from .data import BadDataError, MediaRef, Problem, Record, load_media
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,10 @@ class FeatureStore:
         self.directory = Path(directory)
         manifest_path = self.directory / "manifest.json"
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"no precomputed features in {self.directory} (run with --precompute first)")
+            raise MissingFileError(f"no precomputed features in {self.directory} (run with --precompute first)")
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{manifest_path}: not a features folder of this project")
+            raise ConfigError(f"{manifest_path}: not a features folder of this project")
         self.dim = int(self.manifest["dim"])
         self.shards: list[str] = []
         self.index: dict[str, tuple[int, int]] = {}
@@ -152,7 +153,7 @@ def precompute(records: Sequence[Record], directory: str | Path, encoder, option
         existing = json.loads(manifest_path.read_text())
         for key in ("dim", "preprocess_mode", "imagebind", "imagebind_config"):
             if existing.get(key) != manifest.get(key):
-                raise ValueError(f"{directory} holds features made with {key}={existing.get(key)!r}, this run uses "
+                raise ConfigError(f"{directory} holds features made with {key}={existing.get(key)!r}, this run uses "
                                  f"{manifest.get(key)!r}: use another folder")
     elif rank == 0:
         _atomic_write(manifest_path, lambda p: p.write_text(json.dumps(manifest, indent=2)))

@@ -40,7 +40,7 @@ from imagebind_llm.weights import (
     read_llama,
 )
 
-from .config import TRAINABLE_GROUPS, RunConfig
+from .config import TRAINABLE_GROUPS, ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def trainable_names(model: ImageBindLLM, groups: list[str]) -> list[str]:
     """Project parameter names of ``model`` in the given groups, in model order."""
     unknown = set(groups) - set(TRAINABLE_GROUPS)
     if unknown:
-        raise ValueError(f"unknown trainable groups {sorted(unknown)}; known: {TRAINABLE_GROUPS}")
+        raise ConfigError(f"unknown trainable groups {sorted(unknown)}; known: {TRAINABLE_GROUPS}")
     return [name for name, _ in model.named_parameters() if official_group(project_to_adapter_key(name)) in groups]
 
 
