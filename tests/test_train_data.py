@@ -316,6 +316,12 @@ def test_stage_defaults_yaml_and_overrides(tmp_path):
     assert config_from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="did you mean optim.blr"):
         build_config("finetune", None, {"optim.bllr": 1})
+    bundled = Path(__file__).parents[1] / "train" / "configs"  # also found by name (they ship in the package)
+    for name in ("laptop", "pretrain", "finetune"):
+        assert read_yaml(name) == read_yaml(bundled / f"{name}.yaml")
+    with pytest.raises(ConfigError, match=r"config file not found: lapt \(the bundled configs: finetune, laptop, "
+                                          r"pretrain\)"):
+        read_yaml("lapt")
     with pytest.raises(ConfigError, match="strategy"):
         build_config("finetune", None, {"strategy": "zero3"})
     with pytest.raises(ConfigError, match="bias_lora"):

@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=tuple(STAGES), help="which stage's defaults to start from (default: the "
                    "config's 'stage', else finetune)")
-    p.add_argument("--config", help="run YAML (sections model, data, optim; the official META data YAML works too)")
+    p.add_argument("--config", help="run YAML (sections model, data, optim; the official META data YAML works too), "
+                   "or a bundled one by name: laptop, pretrain, finetune (train/configs/)")
     p.add_argument("--strategy", choices=("ddp", "fsdp"), help="ddp (default) or fsdp (FSDP2 fully_shard)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--resume", help="a checkpoint file, a run folder, or 'auto' (the newest in out_dir)")

@@ -320,13 +320,24 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: The run YAMLs that ship with the package (``--config laptop`` is ``train/configs/laptop.yaml``).
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def bundled_configs() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.yaml"))
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A run YAML as flat ``section.key`` entries (``META`` maps to ``data.train``)."""
+    """A run YAML as flat ``section.key`` entries (``META`` maps to ``data.train``). ``path`` is
+    a file or the name of a bundled config (:data:`BUNDLED_CONFIGS`)."""
     import yaml
 
     path = Path(path)
+    if not path.is_file() and str(path) in bundled_configs():
+        path = BUNDLED_CONFIGS / f"{path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path} (the bundled configs: {', '.join(bundled_configs())})")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
