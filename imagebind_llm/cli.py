@@ -8,7 +8,7 @@
     python -m imagebind_llm image --image a.jpg --audio rain.wav:0.5 --out result.png "a painting"  (unCLIP)
 
 An input is ``VALUE`` or ``VALUE:WEIGHT`` (the part after the last colon is a weight only if it
-is a number). The model comes from ``--preset`` or from explicit files (``--imagebind``,
+is a number); a file may be an http(s) URL (:mod:`imagebind_llm.url_inputs`). The model comes from ``--preset`` or from explicit files (``--imagebind``,
 ``--llama``, ``--adapter``, ``--cache-index``).
 """
 
@@ -114,7 +114,7 @@ INPUT_HELP = {
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("inputs (each VALUE or VALUE:WEIGHT, repeatable)")
+    group = parser.add_argument_group("inputs (each VALUE or VALUE:WEIGHT, repeatable; a file may be an http(s) URL)")
     for kind in KINDS:
         group.add_argument(f"--{kind}", action="append", default=[], metavar="VALUE[:W]", help=INPUT_HELP[kind])
 
@@ -141,8 +141,11 @@ def cache_config_from(args):
     return CacheConfig(args.cache_size, args.cache_t, args.cache_weight) if args.cache else None
 
 
-def collect_inputs(args) -> list:
-    return [parse_input(kind, text) for kind in KINDS for text in getattr(args, kind)]
+def collect_inputs(args, downloads=None) -> list:
+    """The input flags as Media, in flag order; with ``downloads`` (a :class:`Downloads`),
+    http(s) URLs are fetched first and then read like files."""
+    media = [parse_input(kind, text) for kind in KINDS for text in getattr(args, kind)]
+    return [downloads.localize(item) for item in media] if downloads is not None else media
 
 
 def memory_options(args) -> dict:
@@ -210,13 +213,15 @@ def settings_from(args):
 
 def run_chat(args) -> int:
     from .pipeline import Chat
+    from .url_inputs import Downloads
 
+    if not args.interactive and not args.question:
+        raise SystemExit("give a question (or --interactive)")
+    downloads = Downloads()
+    media = collect_inputs(args, downloads)  # URLs are fetched before the model loads
     pipeline = load_pipeline(args)
     settings = settings_from(args)
-    media = collect_inputs(args)
     if not args.interactive:
-        if not args.question:
-            raise SystemExit("give a question (or --interactive)")
         for delta in pipeline.stream(media, args.question, settings):
             sys.stdout.write(delta)
             sys.stdout.flush()
@@ -246,8 +251,13 @@ def run_chat(args) -> int:
             elif command == "help":
                 print(usage)
             elif command in KINDS and rest.strip():
-                pending.append(parse_input(command, rest.strip()))
-                print(f"[{command} {pending[-1].value!r} (weight {pending[-1].weight:g}) will go with the next "
+                try:
+                    pending.append(downloads.localize(parse_input(command, rest.strip())))
+                except ImageBindLLMError as error:  # a URL that cannot be fetched
+                    print(f"error: {error}")
+                    question = None
+                    continue
+                print(f"[{command} {pending[-1].label!r} (weight {pending[-1].weight:g}) will go with the next "
                       "question]")
             elif command in KINDS:
                 print(f"/{command} needs a value: /{command} VALUE[:WEIGHT]")
@@ -279,8 +289,10 @@ def run_embed(args) -> int:
     from .checkpoint import load_imagebind
     from .embedding import Embedder
     from .preprocess import PreprocessOptions
+    from .url_inputs import Downloads
 
-    media = collect_inputs(args)
+    downloads = Downloads()  # holds the downloaded files until the command ends
+    media = collect_inputs(args, downloads)
     if not media:
         raise SystemExit("give at least one input (--image, --text, ...)")
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(args.device)

@@ -80,7 +80,10 @@ def run_image(args) -> int:
     from .image_output import ImageGenerator, default_unclip_dtype, require_diffusers, unclip_embedding
     from .preprocess import PreprocessOptions
 
-    media = collect_inputs(args)
+    from .url_inputs import Downloads
+
+    downloads = Downloads()  # holds the downloaded files until the command ends
+    media = collect_inputs(args, downloads)
     if not media:
         raise SystemExit("give at least one input (--image, --audio, --text, ...)")
     require_diffusers()  # before loading anything

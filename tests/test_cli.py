@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_hub import server  # noqa: F401  (a fixture: the HTTP server on 127.0.0.1 of the download tests)
 from test_imagebind_golden import golden_config
 
 from imagebind_llm.cli import main, parse_input
@@ -287,3 +288,27 @@ def test_toyworld_evaluation_command(tmp_path, capsys):
     assert "unknown smell" in capsys.readouterr().err
     assert evaluate(["mmbench"]) == 2
     assert "unknown benchmark 'mmbench'" in capsys.readouterr().err
+
+
+def test_inputs_given_as_urls_are_downloaded_and_read_like_files(model_args, files, server, capsys, monkeypatch):
+    from imagebind_llm.errors import InputError
+    from imagebind_llm.url_inputs import Downloads
+
+    image = Path(files["image"])
+    server.files[f"/pictures/{image.name}"] = image.read_bytes()
+    url = f"{server.base}/pictures/{image.name}"
+    question = ["--temperature", "0", "--max-new-tokens", "6", "What is it?"]
+    assert main(["chat", *model_args, "--image", files["image"], *question]) == 0
+    local = capsys.readouterr().out
+    assert main(["chat", *model_args, "--image", f"{url}:1", *question]) == 0
+    assert capsys.readouterr().out == local
+
+    assert main(["chat", *model_args, "--image", f"{server.base}/missing.jpg", *question]) == 2
+    assert f"{server.base}/missing.jpg: could not be downloaded (HTTP 404" in capsys.readouterr().err
+    with pytest.raises(InputError, match=rf"{url}: the file is [\d,]+ bytes, over the limit of 100 bytes"):
+        Downloads(max_bytes=100).fetch(url)
+
+    _lines_as_input(monkeypatch, [f"/image {server.base}/missing.jpg", f"/image {url}", "What is it?"])
+    assert main(["chat", *model_args, "--interactive", *question[:-1]]) == 0
+    out = capsys.readouterr().out
+    assert "error: " in out and "HTTP 404" in out and f"[image {url!r} (weight 1) will go with the next" in out
