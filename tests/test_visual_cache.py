@@ -213,6 +213,28 @@ def test_compressed_kinds_recall_and_exact_similarities(small_set, kind):
     assert golden_err(ours.enhanced[same], reference.enhanced[same]) <= 1e-5
 
 
+def test_an_index_trained_on_a_sample_from_any_source_of_vectors(small_set, tmp_path):
+    """The official cache is too big to train on whole: k-means learns from ``train_size``
+    sampled rows. The vectors may come as an array, a tensor, a .npy file or a flat index; each
+    gives the same index, and its search is as good as with all rows."""
+    import faiss
+
+    base, queries, (_, true_ids) = small_set
+    np.save(tmp_path / "vectors.npy", base)
+    flat = faiss.IndexFlatIP(base.shape[1])
+    flat.add(base)
+    params = {"nlist": 32, "nprobe": 8, "train_size": 1500, "seed": 1}
+    indexes = [build_index(source, "ivf-flat", **params)
+               for source in (base, torch.from_numpy(base), str(tmp_path / "vectors.npy"), flat)]
+    q = torch.from_numpy(queries)
+    results = [VisualCache(index).search(q, 10)[1].numpy() for index in indexes]
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+    assert recall(results[0], true_ids) >= 0.9
+    with pytest.raises(ValueError, match="needs vectors or a flat index, got IndexHNSWFlat"):
+        build_index(faiss.IndexHNSWFlat(base.shape[1], 8), "flat")
+
+
 def test_without_vectors_a_compressed_index_is_approximate(small_set):
     base, queries, _ = small_set
     cache = VisualCache(build_index(base, "hnsw-sq8"))
