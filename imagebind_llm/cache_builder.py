@@ -314,8 +314,13 @@ def build_index(vectors_or_flat_index, kind: str = "flat", *, progress: bool = F
 
     start = time.perf_counter()
     if not index.is_trained:
-        size = p["train_size"] or _default_train_size(kind, p, n)
-        sample = _training_sample(vectors, min(size, n), p["seed"])
+        size = min(p["train_size"] or _default_train_size(kind, p, n), n)
+        needed, why = _training_points_needed(kind, p)
+        if size < needed:  # FAISS's k-means would stop with an assertion
+            raise ValueError(f"{kind} needs at least {needed} training vectors ({why}), got {size}"
+                             + ("" if size == n else " (train_size)")
+                             + f"; {n} vectors are better served by the flat or hnsw-flat kind" * (n < needed))
+        sample = _training_sample(vectors, size, p["seed"])
         log.info("training %s on %d vectors", kind, len(sample))
         if progress:
             print(f"training {kind} on {len(sample)} of {n} vectors ...", file=sys.stderr, flush=True)
@@ -328,6 +333,18 @@ def build_index(vectors_or_flat_index, kind: str = "flat", *, progress: bool = F
         index.add(np.ascontiguousarray(vectors[s:s + chunk_size], dtype=np.float32))
     log.info("built %s over %d x %d in %.1f s", kind, n, d, time.perf_counter() - start)
     return index
+
+
+def _training_points_needed(kind: str, p: dict) -> tuple[int, str]:
+    """The fewest training vectors k-means accepts for ``kind`` (one a centroid), and why."""
+    needs = [(1, "")]
+    if kind.startswith("ivf"):
+        needs.append((p["nlist"], f"k-means needs one per list, and nlist is {p['nlist']}"))
+    if kind == "ivf-pq":
+        needs.append((2 ** p["nbits"], f"one per centroid of its {p['nbits']}-bit codes"))
+    if kind == "ivf-pqfs":
+        needs.append((16, "one per centroid of its 4-bit codes"))
+    return max(needs)
 
 
 def _default_train_size(kind: str, p: dict, n: int) -> int:

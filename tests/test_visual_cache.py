@@ -303,6 +303,29 @@ def test_compress_a_flat_index_file(tmp_path, small_set):
               "--nlist", "8"])
 
 
+def test_compress_a_cache_folder_keeps_its_names_and_refuses_too_few_vectors(tmp_path, small_set, capsys):
+    base, queries, (_, true_ids) = small_set
+    names = [f"img_{i}.jpg" for i in range(len(base))]
+    torch.save({"features": torch.from_numpy(base), "paths": names}, tmp_path / "f.pt")
+    build_cache_from_features(tmp_path / "f.pt", tmp_path / "mine", progress=False)
+    assert main(["--no-progress", "compress", str(tmp_path / "mine"), str(tmp_path / "small"), "--nlist", "32"]) == 0
+    cache = VisualCache.load(tmp_path / "small")
+    _, ids = cache.search(torch.from_numpy(queries), 10)
+    assert recall(ids.numpy(), true_ids) >= 0.95
+    assert cache.names(ids[:2]) == [[names[i] for i in row] for row in ids[:2].tolist()]  # the app shows them
+
+    torch.save({"features": torch.from_numpy(base[:10]), "paths": names[:10]}, tmp_path / "few.pt")
+    build_cache_from_features(tmp_path / "few.pt", tmp_path / "few", progress=False)
+    capsys.readouterr()
+    assert main(["--no-progress", "compress", str(tmp_path / "few"), str(tmp_path / "few_small")]) == 2
+    assert ("ivf-pqfs needs at least 16 training vectors (one per centroid of its 4-bit codes), got 10; 10 "
+            "vectors are better served by the flat or hnsw-flat kind") in capsys.readouterr().err
+    assert main(["--no-progress", "compress", str(tmp_path / "mine"), str(tmp_path / "x"), "--kind", "ivf-flat",
+                 "--nlist", "64", "--train-size", "50"]) == 2
+    assert "needs at least 64 training vectors (k-means needs one per list, and nlist is 64), got 50 (train_size)" \
+        in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------
 # building from a folder of images with a tiny ImageBind
 
