@@ -317,9 +317,9 @@ def build_index(vectors_or_flat_index, kind: str = "flat", *, progress: bool = F
         size = min(p["train_size"] or _default_train_size(kind, p, n), n)
         needed, why = _training_points_needed(kind, p)
         if size < needed:  # FAISS's k-means would stop with an assertion
-            raise ValueError(f"{kind} needs at least {needed} training vectors ({why}), got {size}"
-                             + ("" if size == n else " (train_size)")
-                             + f"; {n} vectors are better served by the flat or hnsw-flat kind" * (n < needed))
+            advice = (f"; {n} vectors are better served by the flat or hnsw-flat kind" if n < needed
+                      else "" if size == n else " (train_size)")
+            raise ValueError(f"{kind} needs at least {needed} training vectors ({why}), got {size}{advice}")
         sample = _training_sample(vectors, size, p["seed"])
         log.info("training %s on %d vectors", kind, len(sample))
         if progress:
