@@ -348,9 +348,13 @@ def untrained_tokenizer(directory: Path | None = None) -> Path:
     return path
 
 
-def build_untrained_pipeline(seed: int = 0, *, device="cpu", dtype=None, preprocess=None, cache_size: int = 2000):
+def build_untrained_pipeline(seed: int = 0, *, device="cpu", dtype=None, preprocess=None, cache_size: int = 2000,
+                             adapter=None, cache=None):
     """The ``tiny-untrained`` pipeline: ImageBind ``imagebind_tiny`` and a 2-layer LLaMA with
-    seeded random weights, the untrained tokenizer and a random visual cache. Built in memory."""
+    seeded random weights, the untrained tokenizer and a random visual cache. Built in memory.
+    ``adapter`` (a file or state, e.g. the export of a ``train/configs/laptop.yaml`` run on this
+    preset) replaces the random adapter on the same base; ``cache`` (an index file or cache
+    folder) replaces the random cache."""
     import torch
 
     from .config import AdapterConfig, ImageBindLLMConfig, LlamaConfig, imagebind_tiny
@@ -367,11 +371,18 @@ def build_untrained_pipeline(seed: int = 0, *, device="cpu", dtype=None, preproc
         imagebind = ImageBind(imagebind_tiny()).eval()
         tokenizer = Tokenizer(untrained_tokenizer())
         llama = LlamaConfig(dim=64, n_layers=2, n_heads=4, vocab_size=tokenizer.n_words, multiple_of=32)
-        adapter = AdapterConfig(imagebind_dim=imagebind.config.embed_dim, query_layer=2)
-        model = ImageBindLLM(ImageBindLLMConfig(llama, adapter)).eval().requires_grad_(False)
-        cache = VisualCache.from_vectors(torch.randn(cache_size, imagebind.config.embed_dim))
+        adapter_config = AdapterConfig(imagebind_dim=imagebind.config.embed_dim, query_layer=2)
+        model = ImageBindLLM(ImageBindLLMConfig(llama, adapter_config)).eval().requires_grad_(False)
+        random_cache = VisualCache.from_vectors(torch.randn(cache_size, imagebind.config.embed_dim))
     finally:
         torch.random.set_rng_state(generator_state)
+    if adapter is not None:  # the trained adapter on the same seeded base, as train/modeling.py builds it
+        from .weights import build_language_model, is_adapter_key
+
+        base_state = {k[len("llama."):]: v for k, v in model.state_dict().items()
+                      if k.startswith("llama.") and not is_adapter_key(k)}
+        model = build_language_model((model.config.llama, base_state), adapter, tokenizer_words=tokenizer.n_words)
+    cache = VisualCache.load(cache) if cache is not None else random_cache
     imagebind.to(device=device, dtype=encoder_dtype(dtype, device))
     model.to(device=device, dtype=resolve_dtype(dtype, model.config, device))
     return Pipeline(imagebind, model, tokenizer, cache, preprocess, name=UNTRAINED_PRESET)
@@ -405,17 +416,31 @@ def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype,
     from .pipeline import Pipeline
 
     name = name or DEFAULT_PRESET
+    given = {role: path for role, path in (overrides or {}).items() if path}
     if name == UNTRAINED_PRESET:
         from .lowmem import apply_memory_options
 
-        pipeline = apply_memory_options(build_untrained_pipeline(device=device, dtype=dtype, preprocess=preprocess),
-                                        device=device, **memory)
+        fixed = sorted({"imagebind", "llama"} & (set(given) | ({"llama"} if llama else set())))
+        if fixed:  # its ImageBind and LLaMA come from a seed: a file given for them would be ignored
+            raise CheckpointError(f"the {name} preset builds its ImageBind and LLaMA from a seed, so "
+                                  f"{' and '.join('--' + role for role in fixed)} cannot replace them; it takes "
+                                  "--adapter and --cache-index. To run other weights, give --imagebind, --llama "
+                                  "and --adapter without a preset")
+        pipeline = build_untrained_pipeline(device=device, dtype=dtype, preprocess=preprocess,
+                                            adapter=given.get("adapter"), cache=given.get("cache_index"))
+        pipeline = apply_memory_options(pipeline, device=device, **memory)
         return pipeline.merge_lora() if merge_lora else pipeline
     from .sanity import attach_probe
 
     if name == TOYWORLD_PRESET:
-        return attach_probe(build_toyworld_pipeline(device=device, dtype=dtype, preprocess=preprocess,
-                                                    merge_lora=merge_lora, **memory), name, base_check)
+        files = dict(verify_manifest(TOYWORLD_DIR))
+        for role, file in (("imagebind", "imagebind.pth"), ("adapter", "adapter.pth"), ("cache_index", "knn.index")):
+            if role in given:  # the user's file in place of the shipped one
+                files[file] = Path(given[role])
+        if llama:
+            files["llama"] = Path(llama)
+        return attach_probe(pipeline_from_folder(files, device=device, dtype=dtype, preprocess=preprocess,
+                                                 merge_lora=merge_lora, **memory), name, base_check)
     preset = get_preset(name)
     if llama is None:
         raise CheckpointError(f"preset {name} needs a base LLaMA folder (--llama PATH): {preset.llama_requirement}")
@@ -504,15 +529,16 @@ def verify_manifest(folder: Path) -> dict[str, Path]:
 
 def pipeline_from_folder(files: dict, *, device="cpu", dtype=None, preprocess=None, name: str = TOYWORLD_PRESET,
                          visual_cache: bool = True, **memory):
-    """A Pipeline from the files of a toy-world-style model folder (roles of :data:`TOYWORLD_FILES`);
-    ``visual_cache=False`` leaves its cache index out (then faiss is not needed)."""
+    """A Pipeline from the files of a toy-world-style model folder (roles of :data:`TOYWORLD_FILES`,
+    and optionally ``llama``: a base LLaMA folder in place of ``llama/``); ``visual_cache=False``
+    leaves its cache index out (then faiss is not needed)."""
     import torch
 
     from .pipeline import Pipeline
 
     return Pipeline.from_paths(
         imagebind=files["imagebind.pth"], imagebind_config=_config_file(files["imagebind.json"]),
-        llama=Path(files["llama/params.json"]).parent, adapter=files["adapter.pth"],
+        llama=files.get("llama") or Path(files["llama/params.json"]).parent, adapter=files["adapter.pth"],
         tokenizer=files["tokenizer.model"], cache=files["knn.index"] if visual_cache else None, device=device,
         dtype=dtype or torch.float32, preprocess=preprocess, name=name, **memory)
 

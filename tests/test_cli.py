@@ -312,3 +312,30 @@ def test_inputs_given_as_urls_are_downloaded_and_read_like_files(model_args, fil
     assert main(["chat", *model_args, "--interactive", *question[:-1]]) == 0
     out = capsys.readouterr().out
     assert "error: " in out and "HTTP 404" in out and f"[image {url!r} (weight 1) will go with the next" in out
+
+
+def test_the_default_models_files_can_be_replaced_and_a_missing_one_is_named(tmp_path, capsys, monkeypatch):
+    """--cache-index (and --adapter, --imagebind, --llama) replace the shipped toy-world model's
+    files; before, they were silently ignored for the default model."""
+    from imagebind_llm.presets import TOYWORLD_DIR, toyworld_available
+    from imagebind_llm.visual_cache import VisualCache
+
+    if not toyworld_available():
+        pytest.skip("the toy-world model is not installed")
+    image = str(Path(__file__).parents[1] / "examples" / "toyworld" / "two_red_balls.png")
+    question = ["--image", image, "--cache", "--temperature", "0", "--max-new-tokens", "8", "What are they?"]
+    assert main(["chat", "--cache-index", str(tmp_path / "nowhere.index"), *question]) == 2
+    assert "nowhere.index" in capsys.readouterr().err
+    assert main(["build-cache", "--no-progress", "compress", str(TOYWORLD_DIR / "knn.index"),
+                 str(tmp_path / "compact")]) == 0
+    blended = []
+    blend = VisualCache.blend
+    monkeypatch.setattr(VisualCache, "blend", lambda self, *a, **k: blended.append(self.source) or blend(self, *a, **k))
+    capsys.readouterr()
+    assert main(["chat", *question]) == 0
+    shipped = capsys.readouterr().out
+    assert main(["chat", "--cache-index", str(tmp_path / "compact"), *question]) == 0
+    assert capsys.readouterr().out == shipped
+    assert "compact" not in str(blended[0]) and "compact" in str(blended[1])
+    assert main(["chat", "--adapter", str(tmp_path / "nowhere.pth"), *question]) == 2
+    assert "nowhere.pth" in capsys.readouterr().err

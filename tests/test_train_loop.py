@@ -209,3 +209,30 @@ def test_the_command_names_what_is_wrong_without_a_traceback(args, message, tmp_
                             timeout=300, check=False, env={**os.environ, "PYTHONPATH": str(root)})
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_an_adapter_trained_on_the_untrained_preset_runs_in_the_command_line_and_app(tmp_path, capsys):
+    """The laptop recipe's result is chatted with through ``--preset tiny-untrained --adapter
+    PATH``: the trained tensors are the ones loaded, on the same seeded base."""
+    from imagebind_llm.cli import main as cli
+    from imagebind_llm.errors import CheckpointError
+    from imagebind_llm.presets import load_preset_pipeline
+    from imagebind_llm.weights import adapter_to_project, is_adapter_key, read_adapter
+
+    data = write_captions(tmp_path, write_images(tmp_path))
+    summary = run("pretrain", tmp_path / "run", f"data.train=[{data}]", "optim.batch_size=2", "optim.max_steps=3",
+                  "optim.lr=5e-2", "optim.warmup_steps=0")
+    exported = summary["exports"]["official"]
+    trained = adapter_to_project(read_adapter(exported))
+    pipeline = load_preset_pipeline("tiny-untrained", overrides={"adapter": exported})
+    state = pipeline.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.items() if k in state)
+    assert any(k.startswith("bind") for k in trained)  # the bind network was compared
+    untrained = load_preset_pipeline("tiny-untrained", merge_lora=False).model.state_dict()
+    assert not torch.equal(untrained["prefix_query"], state["prefix_query"])
+    base = [k for k in untrained if not is_adapter_key(k)]
+    assert base and all(torch.equal(untrained[k], state[k]) for k in base)  # the same seeded LLaMA
+
+    assert cli(["chat", "--preset", "tiny-untrained", "--adapter", exported, "--max-new-tokens", "2", "Hi?"]) == 0
+    with pytest.raises(CheckpointError, match="builds its ImageBind and LLaMA from a seed, so --llama cannot"):
+        load_preset_pipeline("tiny-untrained", llama=tmp_path)
