@@ -339,3 +339,40 @@ def test_the_default_models_files_can_be_replaced_and_a_missing_one_is_named(tmp
     assert "compact" not in str(blended[0]) and "compact" in str(blended[1])
     assert main(["chat", "--adapter", str(tmp_path / "nowhere.pth"), *question]) == 2
     assert "nowhere.pth" in capsys.readouterr().err
+
+
+def test_a_download_without_a_declared_size_is_cut_at_the_limit(tmp_path, monkeypatch):
+    """A server that sends no Content-Length (chunked, or a stream) is read up to the limit only."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from imagebind_llm.errors import InputError
+    from imagebind_llm.url_inputs import Downloads
+
+    class Endless(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(64):
+                self.wfile.write(b"x" * 65536)
+
+        def log_message(self, *args):
+            pass
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/stream.wav"
+        with pytest.raises(InputError, match=r"stream.wav: the download passed the limit of 1.0 MB"):
+            Downloads(max_bytes=2**20).fetch(url)
+        with Downloads() as downloads:  # under the default limit it is read whole, with its extension
+            path = downloads.fetch(url)
+            assert path.suffix == ".wav" and path.stat().st_size == 64 * 65536
+        assert not path.exists()  # closing removes the folder
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
