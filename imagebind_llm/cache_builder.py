@@ -861,7 +861,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .preprocess import PreprocessOptions
 
             dtype = getattr(torch, args.dtype)
-            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            from .precision import default_device
+
+            device = args.device or default_device()
             model = load_imagebind(args.checkpoint, _imagebind_config(args.imagebind_config),
                                    with_point=False, device=device, dtype=dtype)
             embedder = Embedder(model, PreprocessOptions(mode=args.mode), batch_size=args.batch_size)

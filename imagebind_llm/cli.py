@@ -8,8 +8,9 @@
     python -m imagebind_llm image --image a.jpg --audio rain.wav:0.5 --out result.png "a painting"  (unCLIP)
 
 An input is ``VALUE`` or ``VALUE:WEIGHT`` (the part after the last colon is a weight only if it
-is a number); a file may be an http(s) URL (:mod:`imagebind_llm.url_inputs`). The model comes from ``--preset`` or from explicit files (``--imagebind``,
-``--llama``, ``--adapter``, ``--cache-index``).
+is a number); a file may be an http(s) URL (:mod:`imagebind_llm.url_inputs`). The model comes
+from ``--preset`` or from explicit files (``--imagebind``, ``--llama``, ``--adapter``,
+``--cache-index``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Sequence
 import torch
 
 from .errors import ImageBindLLMError
-from .precision import AUTO, default_dtype
+from .precision import AUTO, default_device, default_dtype
 from .preprocess import KINDS
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -72,7 +73,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, language_model: bool = 
                                 "GPU; compiles at the first answer) or auto (measured at the first answer). "
                                 "Default: $IMAGEBIND_LLM_DECODER, else static on a CPU and eager on a GPU "
                                 "(imagebind_llm/fast_decode.py)")
-    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    group.add_argument("--device", default=default_device(),
                        help="where the model runs: cpu, cuda, cuda:1, ... (default: cuda when there is one)")
     if language_model:
         group.add_argument("--threads", type=_threads_argument, default="auto", metavar="N|auto",
@@ -255,10 +256,9 @@ def run_chat(args) -> int:
                     pending.append(downloads.localize(parse_input(command, rest.strip())))
                 except ImageBindLLMError as error:  # a URL that cannot be fetched
                     print(f"error: {error}")
-                    question = None
-                    continue
-                print(f"[{command} {pending[-1].label!r} (weight {pending[-1].weight:g}) will go with the next "
-                      "question]")
+                else:
+                    print(f"[{command} {pending[-1].label!r} (weight {pending[-1].weight:g}) will go with the "
+                          "next question]")
             elif command in KINDS:
                 print(f"/{command} needs a value: /{command} VALUE[:WEIGHT]")
             else:

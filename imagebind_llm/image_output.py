@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .embedding import Embedder, Media
 from .encoders.imagebind import ImageBind
 from .errors import CheckpointError, ImageBindLLMError, InputError
+from .precision import default_device
 from .visual_cache import CacheConfig, VisualCache
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ class ImageGenerator:
                  **load_kwargs):
         diffusers = require_diffusers()
         if isinstance(source, (str, os.PathLike)):
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            device = device or default_device()
             kwargs = dict(load_kwargs)
             if "dtype" not in kwargs and "torch_dtype" not in kwargs:
                 kwargs[_dtype_keyword()] = dtype or default_unclip_dtype(device)

@@ -146,6 +146,11 @@ def resolve_dtype(dtype: torch.dtype | str, config, device="cpu", *, quantize: s
     return chosen
 
 
+def default_device() -> str:
+    """The device when none is named: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_dtype(device) -> torch.dtype:
     """The weights dtype when none is named: bfloat16 on a GPU, float32 elsewhere."""
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32

@@ -127,6 +127,13 @@ def project_to_adapter(model: torch.nn.Module) -> OrderedDict[str, torch.Tensor]
         (project_to_adapter_key(k), v) for k, v in model.state_dict().items() if is_adapter_key(k))
 
 
+def base_llama_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The frozen base LLaMA of a model, Meta-layout keys (its adapter's tensors left out): with
+    :func:`project_to_adapter`, the two parts :func:`build_language_model` puts together."""
+    return {k[len("llama."):]: v for k, v in model.state_dict().items()
+            if k.startswith("llama.") and not is_adapter_key(k)}
+
+
 def save_adapter(model: torch.nn.Module, path: str | Path, config: ImageBindLLMConfig | None = None) -> None:
     """Write the official format; ``config`` (optional) is stored beside it as the official
     loader ignores an extra 'config' entry."""

@@ -31,6 +31,7 @@ from imagebind_llm.errors import CheckpointError
 from imagebind_llm.model import ImageBindLLM
 from imagebind_llm.weights import (
     adapter_to_project,
+    base_llama_state,
     check_adapter_fits,
     find_tokenizer,
     infer_adapter_config,
@@ -219,8 +220,7 @@ def build(config: RunConfig, *, need_encoder: bool, device: torch.device, frozen
         pipe = build_untrained_pipeline(seed=m.preset_seed)
         tokenizer = pipe.tokenizer
         llama_config = pipe.model.config.llama
-        base_state = {k[len("llama."):]: v for k, v in pipe.model.state_dict().items()
-                      if k.startswith("llama.") and not is_adapter_key(k)}
+        base_state = base_llama_state(pipe.model)
         adapter_state = dict(project_to_adapter(pipe.model)) if m.adapter is None else read_adapter(m.adapter)
         imagebind_config = pipe.imagebind.config
         encoder = pipe.imagebind if need_encoder else None

@@ -109,11 +109,10 @@ def load_app_generator(args: Any, pipeline: Pipeline | None = None) -> ImageGene
     source = getattr(args, "unclip", None)
     if not source:
         return None
-    import torch
-
     from ..cli import DTYPES
+    from ..precision import default_device
 
-    device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = getattr(args, "device", None) or default_device()
     dtype = DTYPES.get(getattr(args, "dtype", None) or "") or default_unclip_dtype(device)  # also for 'auto'
     generator = ImageGenerator(source, device=device, dtype=dtype, progress_bar=False)
     if pipeline is not None and generator.embedding_dim != pipeline.imagebind.config.embed_dim:
