@@ -79,7 +79,6 @@ def run_image(args) -> int:
     from .embedding import Embedder
     from .image_output import ImageGenerator, default_unclip_dtype, require_diffusers, unclip_embedding
     from .preprocess import PreprocessOptions
-
     from .url_inputs import Downloads
 
     downloads = Downloads()  # holds the downloaded files until the command ends

@@ -377,11 +377,10 @@ def build_untrained_pipeline(seed: int = 0, *, device="cpu", dtype=None, preproc
     finally:
         torch.random.set_rng_state(generator_state)
     if adapter is not None:  # the trained adapter on the same seeded base, as train/modeling.py builds it
-        from .weights import build_language_model, is_adapter_key
+        from .weights import base_llama_state, build_language_model
 
-        base_state = {k[len("llama."):]: v for k, v in model.state_dict().items()
-                      if k.startswith("llama.") and not is_adapter_key(k)}
-        model = build_language_model((model.config.llama, base_state), adapter, tokenizer_words=tokenizer.n_words)
+        model = build_language_model((model.config.llama, base_llama_state(model)), adapter,
+                                     tokenizer_words=tokenizer.n_words)
     cache = VisualCache.load(cache) if cache is not None else random_cache
     imagebind.to(device=device, dtype=encoder_dtype(dtype, device))
     model.to(device=device, dtype=resolve_dtype(dtype, model.config, device))
@@ -420,10 +419,10 @@ def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype,
     if name == UNTRAINED_PRESET:
         from .lowmem import apply_memory_options
 
-        fixed = sorted({"imagebind", "llama"} & (set(given) | ({"llama"} if llama else set())))
+        fixed = [flag for flag, used in (("--imagebind", "imagebind" in given), ("--llama", llama)) if used]
         if fixed:  # its ImageBind and LLaMA come from a seed: a file given for them would be ignored
             raise CheckpointError(f"the {name} preset builds its ImageBind and LLaMA from a seed, so "
-                                  f"{' and '.join('--' + role for role in fixed)} cannot replace them; it takes "
+                                  f"{' and '.join(fixed)} cannot replace them; it takes "
                                   "--adapter and --cache-index. To run other weights, give --imagebind, --llama "
                                   "and --adapter without a preset")
         pipeline = build_untrained_pipeline(device=device, dtype=dtype, preprocess=preprocess,
@@ -433,14 +432,9 @@ def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype,
     from .sanity import attach_probe
 
     if name == TOYWORLD_PRESET:
-        files = dict(verify_manifest(TOYWORLD_DIR))
-        for role, file in (("imagebind", "imagebind.pth"), ("adapter", "adapter.pth"), ("cache_index", "knn.index")):
-            if role in given:  # the user's file in place of the shipped one
-                files[file] = Path(given[role])
-        if llama:
-            files["llama"] = Path(llama)
-        return attach_probe(pipeline_from_folder(files, device=device, dtype=dtype, preprocess=preprocess,
-                                                 merge_lora=merge_lora, **memory), name, base_check)
+        return attach_probe(build_toyworld_pipeline(device=device, dtype=dtype, preprocess=preprocess, llama=llama,
+                                                    overrides=given, merge_lora=merge_lora, **memory),
+                            name, base_check)
     preset = get_preset(name)
     if llama is None:
         raise CheckpointError(f"preset {name} needs a base LLaMA folder (--llama PATH): {preset.llama_requirement}")
@@ -543,7 +537,16 @@ def pipeline_from_folder(files: dict, *, device="cpu", dtype=None, preprocess=No
         dtype=dtype or torch.float32, preprocess=preprocess, name=name, **memory)
 
 
-def build_toyworld_pipeline(*, device="cpu", dtype=None, preprocess=None, visual_cache: bool = True, **memory):
-    """The shipped toy-world model, checksums verified (``memory``: see :func:`load_preset_pipeline`)."""
-    return pipeline_from_folder(verify_manifest(TOYWORLD_DIR), device=device, dtype=dtype, preprocess=preprocess,
-                                visual_cache=visual_cache, **memory)
+def build_toyworld_pipeline(*, device="cpu", dtype=None, preprocess=None, visual_cache: bool = True, llama=None,
+                            overrides=None, **memory):
+    """The shipped toy-world model, checksums verified (``memory``: see :func:`load_preset_pipeline`).
+    ``overrides`` (role -> path: ``imagebind``, ``adapter``, ``cache_index``) and ``llama`` (a base
+    LLaMA folder) put the user's files in place of the shipped ones."""
+    files = dict(verify_manifest(TOYWORLD_DIR))
+    for role, file in (("imagebind", "imagebind.pth"), ("adapter", "adapter.pth"), ("cache_index", "knn.index")):
+        if (overrides or {}).get(role):
+            files[file] = Path(overrides[role])
+    if llama:
+        files["llama"] = Path(llama)
+    return pipeline_from_folder(files, device=device, dtype=dtype, preprocess=preprocess, visual_cache=visual_cache,
+                                **memory)
