@@ -192,6 +192,34 @@ def test_typed_weights_are_shown_as_typed_and_extra_ones_reported(page):
     assert "4 weights for 3 inputs" in toast.first.inner_text() and "(0.25) was not used" in toast.first.inner_text()
     assert weights.input_value() == "1.5, 0.6, -0.6, 0.25"  # what was typed stays as typed
 
+def test_the_weight_sliders_show_the_box_and_move_it(page):
+    """An example's weights appear on its sliders (also for an example of files only, whose
+    sliders are drawn before its weights arrive), a slider dragged with the mouse rewrites the
+    weights box, and a weight typed afterwards moves the slider."""
+    page.get_by_role("tab", name="Embedding arithmetic").click()
+    page.locator("tr").filter(has_text="sunset.png").filter(has_text="birdsong.wav").locator("visible=true").first.click()
+    page.get_by_label("2. birdsong.wav").locator("visible=true").first.wait_for()
+    visible_sliders = ("() => Array.from(document.querySelectorAll('input[type=range]'))"
+                       ".filter(s => s.offsetParent).map(s => [s.value, s.disabled])")
+    page.wait_for_function(f"() => JSON.stringify(({visible_sliders})()) === "
+                           "JSON.stringify([['1', false], ['0.5', false]])")
+    weights = page.get_by_label("Weights, in input order (files, then texts)")
+    assert weights.input_value() == "1, 0.5"
+    slider = page.locator("input[type=range]").locator("visible=true").first  # sunset.png's
+    slider.scroll_into_view_if_needed()
+    box = slider.bounding_box()
+    middle = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.95, middle)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, middle, steps=5)  # the middle of -1 .. 1
+    page.mouse.up()
+    sync_api.expect(weights).to_have_value("0, 0.5")
+    # A weight typed after the drag moves the dragged slider too (the box stays the truth).
+    weights.fill("0.7, 0.5")
+    weights.blur()
+    sync_api.expect(slider).to_have_value("0.7")
+
+
 def test_a_bad_file_gets_a_readable_error_and_the_text_stays(page):
     page.get_by_role("tab", name="Chat").click()
     drop(page, BOX, name="notes.txt", data=b"my notes", mime="text/plain")

@@ -617,7 +617,7 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                                                  placeholder="1, -0.5, 0.5  (missing = 1; the sliders set this)")
 
                         @gr.render(inputs=[mix_files, mix_texts, mix_weights],
-                                   triggers=[demo.load, mix_files.change, mix_texts.change, mix_weights.submit,
+                                   triggers=[demo.load, mix_files.change, mix_texts.change, mix_weights.change,
                                              mix_weights.blur], queue=False)
                         def weight_sliders(files, texts, weights):
                             labels = H.mix_labels(files, texts)
@@ -630,7 +630,8 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                                 values = [1.0] * len(labels)
                             # A typed weight outside [-1, 1] widens its slider rather than being
                             # clamped (moving another slider rewrites every weight from the sliders).
-                            sliders = [gr.Slider(min(-1.0, v), max(1.0, v), value=v, step=0.05,
+                            # A slider made in a render can only be moved when it says so.
+                            sliders = [gr.Slider(min(-1.0, v), max(1.0, v), value=v, step=0.05, interactive=True,
                                                  label=f"{i + 1}. {label}", key=f"weight-{i}-{label}")
                                        for i, (label, v) in enumerate(zip(labels, values))]
                             for slider in sliders:
