@@ -36,7 +36,7 @@ from .preprocess import PreprocessOptions
 from .prompts import Turn, fit_chat, format_prompt, validate_question
 from .tokenizer import Tokenizer
 from .visual_cache import CacheConfig, CacheResult, VisualCache
-from .weights import build_language_model, find_tokenizer
+from .weights import build_language_model, check_llama_folder, find_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ class Pipeline:
         from .lowmem import enable_offload
         from .precision import encoder_dtype
 
-        check_decoder(decoder)  # a wrong name fails before anything is loaded
+        check_decoder(decoder)  # a wrong name or folder fails before anything is loaded
+        check_llama_folder(llama, tokenizer)
 
         started = time.perf_counter()
         offloading = offload_encoders and torch.device(device).type != "cpu"

@@ -235,13 +235,13 @@ def list_presets() -> list[str]:
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called ``name``; an unknown name raises :class:`UnknownPresetError` listing
-    the known ones."""
+    """The registered preset called ``name``; an unknown name raises :class:`UnknownPresetError`
+    listing the known ones, the shipped ones (:data:`LOCAL_PRESETS`) first."""
     try:
         return _PRESETS[name]
     except (KeyError, TypeError):
         pass
-    known = list_presets()
+    known = [*LOCAL_PRESETS, *list_presets()]
     close = difflib.get_close_matches(str(name), known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise UnknownPresetError(f"unknown preset {name!r}. Known presets: {', '.join(known) or '(none)'}.{hint}")
@@ -430,6 +430,7 @@ def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype,
         pipeline = apply_memory_options(pipeline, device=device, **memory)
         return pipeline.merge_lora() if merge_lora else pipeline
     from .sanity import attach_probe
+    from .weights import check_llama_folder
 
     if name == TOYWORLD_PRESET:
         return attach_probe(build_toyworld_pipeline(device=device, dtype=dtype, preprocess=preprocess, llama=llama,
@@ -438,6 +439,7 @@ def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype,
     preset = get_preset(name)
     if llama is None:
         raise CheckpointError(f"preset {name} needs a base LLaMA folder (--llama PATH): {preset.llama_requirement}")
+    check_llama_folder(llama)  # a mistyped folder is named before gigabytes are downloaded
     files = resolve_preset(preset, overrides=overrides, cache_index=cache_index)
     pipeline = Pipeline.from_paths(imagebind=files.imagebind, llama=llama, adapter=files.adapter,
                                    cache=files.cache_index, imagebind_config=preset.build_imagebind_config(),

@@ -645,6 +645,26 @@ def find_tokenizer(base: str | Path) -> Path:
     raise CheckpointError(f"no tokenizer.model in {base} or {base.parent}")
 
 
+def check_llama_folder(path: str | Path, tokenizer: str | Path | None = None) -> Path:
+    """Fail fast, before anything is downloaded or loaded, when ``path`` is not a base LLaMA
+    folder: it must exist and hold params.json (Meta) or config.json (Hugging Face), and a
+    tokenizer.model must be found (:func:`find_tokenizer`) unless ``tokenizer`` is given."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"LLaMA folder not found: {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"--llama must be a folder (a Meta folder with params.json or a Hugging Face "
+                              f"folder with config.json), got the file {path}")
+    if not ((path / "params.json").is_file() or (path / "config.json").is_file()):
+        raise CheckpointError(f"no LLaMA weights at {path}: expected a Meta folder (params.json + "
+                              "consolidated.*.pth) or a Hugging Face folder (config.json + *.safetensors)")
+    if tokenizer is None:
+        find_tokenizer(path)
+    elif not Path(tokenizer).is_file():
+        raise CheckpointError(f"tokenizer not found: {tokenizer}")
+    return path
+
+
 def _listed(values: set[int]) -> str:
     return str(min(values)) if len(values) == 1 else str(sorted(values))
 

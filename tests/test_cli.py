@@ -184,14 +184,36 @@ def test_default_preset_needs_no_files(files, capsys):
     assert "tiny-untrained" in capsys.readouterr().out
 
 
-def test_released_preset_without_base_llama_says_what_it_needs(capsys, monkeypatch, tmp_path):
+def test_released_preset_without_base_llama_says_what_it_needs(golden, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     assert main(["chat", "--preset", "imagebind-llm-7b", "Hi?"]) == 2
     assert "7B_chinese" in capsys.readouterr().err
-    assert main(["chat", "--preset", "imagebind-llm-7b", "--llama", str(tmp_path), "Hi?"]) == 2
+    llama = golden / "llama_adapter" / "llama" / "tiny"  # a Meta folder, its tokenizer.model beside it
+    assert main(["chat", "--preset", "imagebind-llm-7b", "--llama", str(llama), "Hi?"]) == 2
     error = capsys.readouterr().err
     assert "imagebind_w3D.pth" in error and "download" in error
+
+
+def test_a_wrong_llama_folder_is_named_before_anything_is_downloaded(golden, capsys, monkeypatch, tmp_path):
+    """A mistyped --llama must not cost the released ImageBind and adapter downloads (7 GB) first."""
+    from imagebind_llm import hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the preset's files were resolved before --llama was checked")
+
+    monkeypatch.setattr(hub, "resolve_preset", no_download)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "params.json").write_text("{}")
+    cases = {tmp_path / "missing": "LLaMA folder not found: " + str(tmp_path / "missing"),
+             tmp_path / "empty": "no LLaMA weights at " + str(tmp_path / "empty"),
+             golden / "llama_adapter" / "adapter.pth": "--llama must be a folder",
+             tmp_path / "meta": "no tokenizer.model in " + str(tmp_path / "meta")}
+    for llama, message in cases.items():
+        assert main(["chat", "--preset", "imagebind-llm-7b", "--llama", str(llama), "Hi?"]) == 2
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error
 
 
 def test_build_cache_command_from_features(tmp_path, capsys):

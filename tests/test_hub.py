@@ -408,6 +408,9 @@ def test_get_preset_and_unknown_names():
     for name in list_presets():
         assert name in message
     assert "Did you mean 'imagebind-llm-7b-beta'" in message
+    # The names a new user means most often are the shipped ones, which are not registered downloads.
+    message = str(pytest.raises(UnknownPresetError, get_preset, "toyword").value)
+    assert "tiny-untrained" in message and "Did you mean 'toyworld'" in message
     assert isinstance(info.value, ValueError)
 
 
