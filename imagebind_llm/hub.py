@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 CLI_FLAGS = {"imagebind": "--imagebind", "adapter": "--adapter", "cache_index": "--cache-index"}
 ENV_OVERRIDES = {"imagebind": "IMAGEBIND_LLM_IMAGEBIND", "adapter": "IMAGEBIND_LLM_ADAPTER",
                  "cache_index": "IMAGEBIND_LLM_CACHE_INDEX"}
+#: How an error tells each role's user to point at a local copy instead of a download.
+LOCAL_COPY_HINTS = {**{role: f"{flag} PATH, or {ENV_OVERRIDES[role]}=PATH" for role, flag in CLI_FLAGS.items()},
+                    "pretrained": "--pretrained PATH (python -m train), or model.adapter: PATH in the config"}
 URL_CACHE_ENV = "IMAGEBIND_LLM_CACHE"
 
 _HASH_CHUNK = 16 << 20  # bytes read at a time when hashing
@@ -245,8 +248,8 @@ def resolve(
 
     ``cache_dir``: the Hugging Face cache for hub files, the folder for URL files (defaults in the
     module docstring). ``local_files_only``: None follows ``HF_HUB_OFFLINE``; True never uses the
-    network. ``progress``: show download progress bars. ``role`` (``imagebind``, ``adapter``,
-    ``cache_index``) only makes the error message name the matching flag and variable.
+    network. ``progress``: show download progress bars. ``role`` (a key of
+    :data:`LOCAL_COPY_HINTS`) only makes the error message name the matching flag and variable.
 
     Raises :class:`WeightsUnavailableError` when the file is missing and cannot be fetched, and
     :class:`ChecksumMismatchError` when it does not match the known size or sha256.
@@ -313,8 +316,8 @@ def _unavailable(weight_file: WeightFile, reason: str, cache_dir, offline: bool,
     else:
         lines.append(f"  download it: {download_command(weight_file, cache_dir)}")
     lines.append(f"  URL:         {weight_file.download_url}")
-    if role in CLI_FLAGS:
-        lines.append(f"  or point at a local copy: {CLI_FLAGS[role]} PATH, or {ENV_OVERRIDES[role]}=PATH")
+    if role in LOCAL_COPY_HINTS:
+        lines.append(f"  or point at a local copy: {LOCAL_COPY_HINTS[role]}")
     else:
         lines.append("  or point at a local copy with --imagebind / --adapter / --cache-index PATH (or "
                      + " / ".join(ENV_OVERRIDES.values()) + ")")

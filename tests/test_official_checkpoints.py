@@ -24,6 +24,7 @@ from imagebind_llm.convert import main as convert_main
 from imagebind_llm.presets import build_untrained_pipeline
 from imagebind_llm.weights import is_adapter_key, project_to_adapter, read_adapter
 from train import main as train_main
+from train.config import ConfigError
 
 QUIET = ["model.preset=tiny-untrained", "data.num_workers=0", "progress=false", "log_interval=0", "tensorboard=false"]
 
@@ -149,8 +150,17 @@ def test_pretrained_by_name_is_resolved_through_the_hub_cache(checkpoint_file, t
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub, "_MARKER_MIN_BYTES", 0)
     (tmp_path / "hub").mkdir()
-    with pytest.raises(SystemExit, match="hf download Cxxs/ImageBind-LLM 7B-pretrained.pth"):
+    with pytest.raises(SystemExit, match="hf download Cxxs/ImageBind-LLM 7B-pretrained.pth") as info:
         finetune(tmp_path, "--pretrained", "7B-pretrained")
+    assert "local copy: --pretrained PATH" in str(info.value)  # python -m train has no --adapter
+    # A mistyped config is named before the released weights are looked for (or downloaded).
+    monkeypatch.setattr(hub, "resolve", lambda *a, **k: pytest.fail("resolved before the config was read"))
+    with pytest.raises(ConfigError, match="config file not found: nothing.yaml"):
+        finetune(tmp_path, "--config", "nothing.yaml", "--pretrained", "7B-pretrained")
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "_MARKER_MIN_BYTES", 0)
     add_to_hub_cache(tmp_path / "hub", "Cxxs/ImageBind-LLM", {"7B-pretrained.pth": path.read_bytes()})
     finetune(tmp_path, "--pretrained", "7B-pretrained")
     assert_started_from(read_adapter(tmp_path / "run" / "export" / "adapter-official.pth"), adapter)

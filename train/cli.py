@@ -70,7 +70,7 @@ def pretrained_path(value: str) -> str:
     from imagebind_llm.presets import WEIGHT_FILES
 
     try:
-        return str(resolve(WEIGHT_FILES[value], role="adapter"))
+        return str(resolve(WEIGHT_FILES[value], role="pretrained"))
     except CheckpointError as error:
         raise SystemExit(f"error: --pretrained {value}: {error}") from None
 
@@ -105,11 +105,12 @@ def main(argv: list[str] | None = None) -> dict:
     for flag, key in (("strategy", "strategy"), ("device", "device"), ("resume", "resume"), ("out", "out_dir")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
-    if args.pretrained is not None:
-        overrides["model.adapter"] = pretrained_path(args.pretrained)
     if args.export_only and not (args.resume or overrides.get("resume")):
         raise SystemExit("--export-only needs --resume CHECKPOINT")
-    config = build_config(args.stage, args.config, overrides)
+    config = build_config(args.stage, args.config, overrides)  # a bad config fails before any download
+    if args.pretrained is not None:
+        overrides["model.adapter"] = pretrained_path(args.pretrained)
+        config = build_config(args.stage, args.config, overrides)
     if args.print_config:
         print(describe(config))
         return {"config": config.to_dict()}
