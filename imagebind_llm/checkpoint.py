@@ -207,16 +207,30 @@ def official_to_project(
     return out
 
 
+#: How many keys or shapes an error lists (a checkpoint of another size mismatches in hundreds).
+LISTED = 8
+OTHER_SIZE_HINT = ("  (a checkpoint of another ImageBind size? give the config it was made with: "
+                   "--imagebind-config FILE, or imagebind_huge for the released one)")
+
+
+def _listed(items: list[str]) -> str:
+    more = f", ... and {len(items) - LISTED} more" if len(items) > LISTED else ""
+    return ", ".join(items[:LISTED]) + more
+
+
 def _key_report(missing: list[str], unexpected: list[str], config: ImageBindConfig) -> str:
     lines = ["the checkpoint does not match the ImageBind model:"]
+    official = [project_to_official_key(k) for k in missing]
+    point_only = bool(official) and config.point is not None and all(k.startswith(POINT_PREFIXES) for k in official)
     if missing:
-        official = [project_to_official_key(k) for k in missing]
-        lines.append(f"  missing keys ({len(missing)}): " + ", ".join(official))
-        if config.point is not None and all(k.startswith(POINT_PREFIXES) for k in official):
+        lines.append(f"  missing keys ({len(missing)}): " + _listed(official))
+        if point_only:
             lines.append("  (these are the point-cloud branch keys: use imagebind_w3D.pth, or build the "
                          "model without the point modality)")
     if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
+        lines.append(f"  unexpected keys ({len(unexpected)}): " + _listed(unexpected))
+    if not point_only:
+        lines.append(OTHER_SIZE_HINT)
     return "\n".join(lines)
 
 
@@ -234,8 +248,9 @@ def check_shapes(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> N
         for k, v in state.items() if k in own and own[k].shape != v.shape
     ]
     if problems:
-        raise CheckpointError("shape mismatch between the checkpoint and the model config:\n  "
-                              + "\n  ".join(problems))
+        more = [f"... and {len(problems) - LISTED} more"] if len(problems) > LISTED else []
+        raise CheckpointError(f"shape mismatch between the checkpoint and the model config ({len(problems)} "
+                              f"tensor{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems[:LISTED] + more) + "\n" + OTHER_SIZE_HINT)
 
 
 def project_to_official(model_or_state, include_point: bool = True) -> "OrderedDict[str, torch.Tensor]":
@@ -308,10 +323,15 @@ def load_imagebind(
         from dataclasses import replace
 
         config = replace(config, point=None)
-    project_state = official_to_project(state, config)
-    with torch.device("meta"):
-        model = ImageBind(config)
-    check_shapes(model, project_state)
+    try:
+        project_state = official_to_project(state, config)
+        with torch.device("meta"):
+            model = ImageBind(config)
+        check_shapes(model, project_state)
+    except CheckpointError as error:
+        if isinstance(checkpoint, (str, Path)):  # say which file, as the loader is given several
+            raise CheckpointError(f"{checkpoint}: {error}") from None
+        raise
     if lazy:
         from .lowmem import EncoderResidency
 

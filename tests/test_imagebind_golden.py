@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -133,8 +134,24 @@ def test_point_keys_required_when_point_is_used(golden, official_state):
     with pytest.raises(CheckpointError) as error:
         load_imagebind(original, golden_config(golden), with_point=True)
     message = str(error.value)
-    assert "missing keys" in message and "point_trunk.pc_projection" in message
-    assert "point-cloud branch" in message
+    assert re.search(r"missing keys \(\d+\): point_trunk\.", message)
+    assert "point-cloud branch" in message and "another ImageBind size" not in message
+
+
+def test_a_checkpoint_of_another_size_gets_a_short_error_naming_the_file(golden, official_state, tmp_path):
+    """Hundreds of keys miss when the config is not the checkpoint's: the error names the file,
+    lists a few keys with the count, and says which flag gives the config."""
+    path = tmp_path / "imagebind.pth"
+    torch.save({k: v for k, v in official_state.items() if k.startswith("modality_preprocessors.")}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_imagebind(path, golden_config(golden))
+    message = str(error.value)
+    assert message.startswith(f"{path}: the checkpoint does not match")
+    assert re.search(r"missing keys \(\d{3,}\): .*\.\.\. and \d+ more", message)
+    assert "--imagebind-config FILE" in message and len(message) < 2000
+    wider = {k: torch.cat([v, v]) if k.endswith("heads.vision.2.weight") else v for k, v in official_state.items()}
+    with pytest.raises(CheckpointError, match="(?s)shape mismatch .*--imagebind-config FILE"):
+        load_imagebind(wider, golden_config(golden))
 
 
 def test_fps_start_variants(golden, model, inputs):
