@@ -173,10 +173,13 @@ def load_hf_tokenizer(path: str | Path, exact: bool = True):
     model_file = _sentencepiece_file(path)
     reference = Tokenizer(model_file) if model_file is not None else None
     try:
+        # Absolute and local only: transformers reads a relative path such as llama/tokenizer.model
+        # as a hub repository id first (five network retries before it looks at the disk).
         if path.is_dir() and (path / "tokenizer.json").is_file():
-            hf_tokenizer = AutoTokenizer.from_pretrained(str(path))
+            hf_tokenizer = AutoTokenizer.from_pretrained(str(path.resolve()), local_files_only=True)
         elif model_file is not None:
-            hf_tokenizer = LlamaTokenizer.from_pretrained(str(model_file), add_bos_token=True, add_eos_token=False)
+            hf_tokenizer = LlamaTokenizer.from_pretrained(str(model_file.resolve()), add_bos_token=True,
+                                                          add_eos_token=False, local_files_only=True)
         else:
             raise CheckpointError(f"no tokenizer at {path}: a SentencePiece tokenizer.model or a folder with "
                                   "tokenizer.json is expected")

@@ -312,6 +312,29 @@ def test_hf_tokenizer_folder_loads_with_auto_tokenizer(hf_dir, tokenizer, tmp_pa
         assert len(load_hf_tokenizer(folder)) == tokenizer.n_words
 
 
+class NetworkUsed(BaseException):
+    """Not an Exception: a retry loop that catches those cannot swallow it."""
+
+
+def test_a_relative_tokenizer_path_is_read_from_disk_without_the_network(tokenizer_file, tokenizer, tmp_path,
+                                                                         monkeypatch):
+    """transformers reads a relative 'llama/tokenizer.model' as a hub repository id first: five
+    retries (25 s offline, and requests to huggingface.co) before it looked at the disk."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise NetworkUsed(f"network used: {args[:2]}")
+
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "tokenizer.model").write_bytes(tokenizer_file.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    assert len(load_hf_tokenizer("llama/tokenizer.model")) == tokenizer.n_words
+    assert len(load_hf_tokenizer("llama")) == tokenizer.n_words
+
+
 def test_a_wrongly_built_hf_tokenizer_is_caught(tokenizer_file, tokenizer, tmp_path):
     wrong = transformers.LlamaTokenizer(vocab_file=str(tokenizer_file))  # the transformers 5 pitfall
     if len(wrong) == tokenizer.n_words:
