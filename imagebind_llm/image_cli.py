@@ -77,7 +77,7 @@ def run_image(args) -> int:
     from .checkpoint import load_imagebind
     from .cli import DTYPES, cache_config_from, collect_inputs, default_dtype, imagebind_config
     from .embedding import Embedder
-    from .image_output import ImageGenerator, default_unclip_dtype, require_diffusers, unclip_embedding
+    from .image_output import ImageGenerator, check_width, default_unclip_dtype, require_diffusers, unclip_embedding
     from .preprocess import PreprocessOptions
     from .url_inputs import Downloads
 
@@ -97,6 +97,7 @@ def run_image(args) -> int:
         from .presets import load_preset_imagebind
 
         model = load_preset_imagebind(args.preset, imagebind=args.imagebind, device=args.device, dtype=dtype)
+    check_width(args.unclip, model.config.embed_dim)  # before the unCLIP model is downloaded or loaded
     cache = _load_cache(args)
     cache_config = cache_config_from(args) if cache is not None else None
     embedder = Embedder(model, PreprocessOptions(mode=args.mode))

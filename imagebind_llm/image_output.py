@@ -52,6 +52,39 @@ DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 10.0
 DEFAULT_NOISE_LEVEL = 0
 INSTALL_HINT = 'pip install "imagebind-llm[image]" (or: pip install diffusers accelerate)'
+#: The image-embedding width of the released unCLIP models (H: OpenCLIP ViT-H/14; small: CLIP ViT-L/14).
+KNOWN_UNCLIP_WIDTHS = {DEFAULT_UNCLIP: 1024, "stabilityai/stable-diffusion-2-1-unclip-small": 768}
+
+
+def expected_embedding_width(source: Any) -> int | None:
+    """The image-embedding width the unCLIP model ``source`` is conditioned on, told without
+    loading (or downloading) it: a local folder's ``image_normalizer/config.json``, or a released
+    repository's known width; None when it cannot be told (a built pipeline knows its own:
+    :attr:`ImageGenerator.embedding_dim`)."""
+    import json
+    from pathlib import Path
+
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    config = Path(source).expanduser() / "image_normalizer" / "config.json"
+    if config.is_file():
+        try:
+            return int(json.loads(config.read_text())["embedding_dim"])
+        except (ValueError, KeyError, TypeError):
+            return None
+    return KNOWN_UNCLIP_WIDTHS.get(str(source))
+
+
+def check_width(source: Any, width: int, expected: int | None = None) -> None:
+    """Refuse ImageBind features of ``width`` for an unCLIP model conditioned on another width
+    (``expected``; default :func:`expected_embedding_width`, a check that is skipped when it is
+    unknown), before gigabytes are downloaded or loaded for nothing."""
+    expected = expected_embedding_width(source) if expected is None else expected
+    if expected is not None and int(width) != expected:
+        raise InputError("image embedding", f"the model's ImageBind embeds to width {width} but the unCLIP model "
+                         f"{source} is conditioned on {expected}-wide image embeddings",
+                         "an ImageBind whose width equals the unCLIP model's (the released ImageBind huge: 1024, "
+                         "like SD 2.1 unCLIP H; the small default model cannot make images)")
 
 
 class MissingExtraError(ImageBindLLMError, ImportError):
@@ -172,6 +205,17 @@ class _NoImageEncoder(torch.nn.Module):
         raise RuntimeError("this unCLIP pipeline was loaded without its CLIP image encoder: give image_embeds")
 
 
+def _load_failure(source: Any, error: Exception) -> str:
+    """What went wrong loading ``source``, without diffusers' pointer to a stack trace nobody sees."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    first = first.replace(" Please check out the root cause in the stacktrace above.", "")
+    message = f"cannot load a Stable unCLIP pipeline from {source}: {first}"
+    if not os.path.isdir(os.path.expanduser(str(source))) and "cached" in first:
+        message += (f"\n  download it once where there is a network: hf download {source} (then "
+                    "copy the Hugging Face cache folder), or give a local folder: --unclip PATH")
+    return message
+
+
 def _dtype_keyword() -> str:
     """``from_pretrained``'s dtype argument: ``dtype`` in recent diffusers (``torch_dtype`` is
     deprecated there), ``torch_dtype`` before."""
@@ -228,8 +272,7 @@ class ImageGenerator:
             try:
                 pipe = diffusers.StableUnCLIPImg2ImgPipeline.from_pretrained(str(source), **kwargs)
             except (OSError, ValueError) as error:
-                raise CheckpointError(f"cannot load a Stable unCLIP pipeline from {source}: "
-                                      f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+                raise CheckpointError(_load_failure(source, error)) from error
             pipe.to(device)
             self.source = str(source)
         else:
@@ -276,11 +319,7 @@ class ImageGenerator:
         if embedding.ndim != 2 or embedding.shape[0] != 1:
             raise InputError("image embedding", f"expected one embedding of shape (D,) or (1, D), "
                              f"got {tuple(embedding.shape)}", "one embedding per image")
-        if embedding.shape[1] != self.embedding_dim:
-            raise InputError("image embedding", f"the embedding is {embedding.shape[1]} wide but the unCLIP pipeline "
-                             f"({self.source}) is conditioned on {self.embedding_dim}-wide image embeddings",
-                             "an ImageBind whose width equals the pipeline's (ImageBind huge: 1024, like "
-                             "SD 2.1 unCLIP H)")
+        check_width(self.source, embedding.shape[1], self.embedding_dim)
         if not torch.isfinite(embedding).all():
             raise InputError("image embedding", "the embedding contains NaN or infinite values", "finite values")
         return embedding

@@ -16,7 +16,7 @@ from test_imagebind_golden import golden_config
 
 from imagebind_llm import image_output as IO
 from imagebind_llm.embedding import Embedder, Media
-from imagebind_llm.errors import InputError
+from imagebind_llm.errors import CheckpointError, InputError
 from imagebind_llm.image_output import ImageGenerator, unclip_embedding
 from imagebind_llm.preprocess import KIND_TO_MODALITY, PreprocessOptions, load
 from imagebind_llm.visual_cache import CacheConfig, VisualCache
@@ -240,7 +240,7 @@ def test_generate_defaults_and_options(generator, spy, width):
 
 
 def test_generate_refuses_a_width_mismatch_and_bad_options(generator, width):
-    with pytest.raises(InputError, match=f"embedding is {width + 1} wide .* conditioned on {width}-wide"):
+    with pytest.raises(InputError, match=f"embeds to width {width + 1} .* conditioned on {width}-wide"):
         generator.generate(torch.randn(1, width + 1), "a cat", steps=1)
     with pytest.raises(InputError, match="one embedding"):
         generator.generate(torch.randn(2, width), "a cat", steps=1)
@@ -284,7 +284,6 @@ def test_generator_from_a_local_folder(tmp_path, width):
     assert generator.generate(torch.randn(width), "a cat", steps=1, seed=0).size == (16, 16)
     kept = ImageGenerator(folder, keep_image_encoder=True, device="cpu", progress_bar=False)
     assert type(kept.pipe.image_encoder).__name__ == "CLIPVisionModelWithProjection"
-    from imagebind_llm.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="cannot load a Stable unCLIP pipeline"):
         ImageGenerator(str(tmp_path / "missing"), local_files_only=True)
@@ -360,7 +359,7 @@ def test_page_with_and_without_image_output(pipeline, generator, spy):
                                                                                                 True, False)
 
 
-def test_app_flags(tmp_path, width):
+def test_app_flags(tmp_path, width, monkeypatch):
     from imagebind_llm.app import image_handlers as IH
     from imagebind_llm.app.server import parse_args
 
@@ -374,8 +373,14 @@ def test_app_flags(tmp_path, width):
     args = types.SimpleNamespace(unclip=str(folder), device="cpu", dtype=None)
     assert IH.load_app_generator(args).embedding_dim == width
     other = types.SimpleNamespace(imagebind=types.SimpleNamespace(config=types.SimpleNamespace(embed_dim=width + 8)))
-    with pytest.raises(InputError, match=f"conditioned on {width}-wide .* embeds to width {width + 8}"):
+    with pytest.raises(InputError, match=f"embeds to width {width + 8} .* conditioned on {width}-wide"):
         IH.load_app_generator(args, other)
+    # A released unCLIP model of another width is refused before it is downloaded or loaded.
+    monkeypatch.setattr(IH, "ImageGenerator", lambda *a, **k: pytest.fail("the unCLIP model was loaded"))
+    released = types.SimpleNamespace(unclip=IO.DEFAULT_UNCLIP, device="cpu", dtype=None)
+    with pytest.raises(InputError, match="embeds to width 40 .* conditioned on 1024-wide"):
+        IH.load_app_generator(released, types.SimpleNamespace(imagebind=types.SimpleNamespace(
+            config=types.SimpleNamespace(embed_dim=40))))
 
 
 # --------------------------------------------------------------------------------------- the CLI
@@ -414,6 +419,16 @@ def test_cli_image(golden, files, tmp_path, width, capsys, monkeypatch):
         main(["image", *model, "--unclip", str(folder)])  # no input
     assert main(["image", *model, "--text", "a cat", "--cache", "--unclip", str(folder)]) == 2  # no index
     assert "no visual cache index" in capsys.readouterr().err
+    # The released unCLIP model wants 1024-wide features: the README command on a small model is
+    # refused before gigabytes are downloaded, and an uncached model says how to fetch it.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert main(["image", *model, "--text", "a cat"]) == 2
+    assert f"embeds to width {width} but the unCLIP model {IO.DEFAULT_UNCLIP} is conditioned on 1024" \
+        in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match=f"(?s)cannot load .*hf download {IO.DEFAULT_UNCLIP}") as info:
+        ImageGenerator(IO.DEFAULT_UNCLIP, device="cpu")
+    assert "stacktrace" not in str(info.value)
     monkeypatch.setattr(IO, "image_output_available", lambda: False)
     assert main(["image", *model, "--text", "a cat", "--unclip", str(folder)]) == 2
     assert "imagebind-llm[image]" in capsys.readouterr().err

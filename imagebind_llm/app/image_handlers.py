@@ -17,6 +17,7 @@ from ..image_output import (
     DEFAULT_NOISE_LEVEL,
     DEFAULT_STEPS,
     ImageGenerator,
+    check_width,
     default_unclip_dtype,
     unclip_embedding,
 )
@@ -114,9 +115,9 @@ def load_app_generator(args: Any, pipeline: Pipeline | None = None) -> ImageGene
 
     device = getattr(args, "device", None) or default_device()
     dtype = DTYPES.get(getattr(args, "dtype", None) or "") or default_unclip_dtype(device)  # also for 'auto'
+    if pipeline is not None:  # a known width is checked before the download
+        check_width(source, pipeline.imagebind.config.embed_dim)
     generator = ImageGenerator(source, device=device, dtype=dtype, progress_bar=False)
-    if pipeline is not None and generator.embedding_dim != pipeline.imagebind.config.embed_dim:
-        raise InputError("--unclip", f"{source} is conditioned on {generator.embedding_dim}-wide image embeddings "
-                         f"but the model's ImageBind embeds to width {pipeline.imagebind.config.embed_dim}",
-                         "an unCLIP model of the ImageBind's width (SD 2.1 unCLIP H with ImageBind huge: 1024)")
+    if pipeline is not None:
+        check_width(source, pipeline.imagebind.config.embed_dim, generator.embedding_dim)
     return generator
