@@ -61,6 +61,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import CheckpointError, InputError
+from .log_setup import setup_logging
 from .visual_cache import (
     CACHE_META,
     DEFAULT_RERANK,
@@ -843,8 +844,7 @@ def _imagebind_config(name: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s")
+    setup_logging(logging.INFO if args.verbose else logging.WARNING)
     if args.threads:
         import faiss
         import torch

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from .errors import ImageBindLLMError
+from .log_setup import setup_logging
 from .precision import AUTO, default_device, default_dtype
 from .preprocess import KINDS
 
@@ -411,8 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s")
+    setup_logging(logging.INFO if args.verbose else logging.WARNING)
     try:
         return int(args.run(args) or 0)
     except ImageBindLLMError as error:

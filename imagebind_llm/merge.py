@@ -55,6 +55,7 @@ import torch
 
 from .config import LlamaConfig
 from .errors import CheckpointError
+from .log_setup import setup_logging
 from .weights import find_tokenizer, llama_shapes, meta_shard_files
 
 log = logging.getLogger(__name__)
@@ -518,7 +519,7 @@ def default_output(base: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """0 on success; 1 with one ``error:`` message on stderr for a problem with the inputs."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging(logging.INFO)
     out = args.out or default_output(args.base)
     try:
         report = merge_delta(args.base, out, args.delta, tokenizer=args.tokenizer, hf=args.hf,

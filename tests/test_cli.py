@@ -398,3 +398,15 @@ def test_a_download_without_a_declared_size_is_cut_at_the_limit(tmp_path, monkey
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_hugging_face_hub_message_is_printed_once():
+    """huggingface_hub prints through its own handler and passed its messages on to the command's
+    root handler too: every download retry showed twice."""
+    import subprocess
+    import sys
+
+    code = ("import logging; from imagebind_llm.log_setup import setup_logging; setup_logging(); "
+            "from huggingface_hub import hf_hub_download; logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s')")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert err.count("Retrying in 1s") == 1, err

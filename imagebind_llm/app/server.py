@@ -16,6 +16,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
+from ..log_setup import setup_logging
+
 log = logging.getLogger("imagebind_llm.app")
 
 #: flag destination -> environment variable.
@@ -169,7 +171,7 @@ def freeze_startup_objects() -> tuple[int, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "faiss.loader"):  # one line per HTTP request / per faiss build tried
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
