@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,6 +297,28 @@ def test_the_presets_imagebind_alone_gives_the_pipelines_embeddings(shipped):
     got = Embedder(alone).embed(inputs).unit
     for kind in inputs:
         torch.testing.assert_close(got[kind], expected[kind], rtol=0, atol=0)
+
+
+def test_the_apps_default_questions_are_ones_the_toy_model_answers(shipped):
+    """A file sent without a question gets a question in the toy world's own wordings (the
+    general ones, "What do you hear in this sound?", got broken sentences from it)."""
+    from imagebind_llm.app import handlers as H
+    from imagebind_llm.embedding import Media
+    from imagebind_llm.toyworld.world import DESCRIBE, QUESTIONS
+
+    known = set(DESCRIBE).union(*QUESTIONS.values())
+    assert set(H.default_questions(shipped).values()) <= known
+    assert H.default_questions(None) is H.DEFAULT_QUESTIONS  # other models keep the general ones
+    examples = Path(__file__).resolve().parents[1] / "examples" / "toyworld"
+    settings = H.make_settings(16, 0.0, 0.75, False, 10, 20, 0.5)
+    cases = {("audio", "four_bells.wav"): "pyramid", ("audio", "one_rattle.wav"): "cylinder",
+             ("video", "yellow_rings_circling.mp4"): "circling", ("image", "two_red_balls.png"): "red balls",
+             ("point", "two_pyramids.ply"): "pyramids"}
+    for (kind, name), word in cases.items():
+        answer = list(H.ask(shipped, kind, str(examples / name), "", settings))[-1]
+        assert word in answer.lower(), (name, answer)
+    assert H.chat_question("", [Media("audio", str(examples / "four_bells.wav"))], shipped) == \
+        H.default_questions(shipped)["audio"]
 
 
 def test_the_mixed_description_has_room_for_two_scenes(shipped):

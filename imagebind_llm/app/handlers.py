@@ -82,6 +82,23 @@ DEFAULT_QUESTIONS = {
     "point": "What is this 3D object?",
     None: "Describe this in detail.",
 }
+#: The toy-world model knows only its own wordings (imagebind_llm/toyworld/world.py): these get
+#: answers from it where the general ones above get broken sentences. A sound carries only its
+#: object's kind and a video is about motion, so their defaults ask for those.
+TOYWORLD_QUESTIONS = {
+    "image": "Describe the scene.",
+    "audio": "What kind of object is this?",
+    "video": "What are the objects doing?",
+    "point": "What shape is the object?",
+    None: "Describe the scene.",
+}
+
+
+def default_questions(pipeline: Pipeline | None) -> dict[str | None, str]:
+    """The question asked when only files are sent, by input kind (None: several kinds)."""
+    from ..presets import TOYWORLD_PRESET
+
+    return TOYWORLD_QUESTIONS if getattr(pipeline, "name", None) == TOYWORLD_PRESET else DEFAULT_QUESTIONS
 
 #: Slider ranges and defaults of the official demo (reference.md 6.1); the values come from
 #: the project's own defaults (GenerationConfig, CacheConfig), which equal the demo's.
@@ -171,7 +188,9 @@ def header_markdown(pipeline: Pipeline) -> str:
             "colours, the shape of a point cloud and the motion of an IMU trace; it names the shape, count "
             "and motion of an image's objects more than nine times in ten (a video's: nine, nine and eight "
             "in ten), the shape of a sound, depth map or thermal image nine to ten times in ten and the "
-            "count of the other inputs eight to nine times in ten. It knows nothing else. For the "
+            "count of the other inputs eight to nine times in ten. It knows nothing else, and it was tuned on one "
+            "question at a time: press **Clear** before each new question, as its answers in a longer chat often "
+            "go wrong. For the "
             "released 7B model start the app with "
             "`python app.py --preset imagebind-llm-7b --llama /path/to/llama/7B_chinese` (see the README).")
     else:
@@ -359,15 +378,17 @@ class ChatSession:
         return notices
 
 
-def chat_question(text: str | None, media: Sequence[Media]) -> str:
-    """The question of a chat message: the text, or a default when only files were sent."""
+def chat_question(text: str | None, media: Sequence[Media], pipeline: Pipeline | None = None) -> str:
+    """The question of a chat message: the text, or ``pipeline``'s default when only files were
+    sent."""
     text = (text or "").strip()
     if text:
         return text
     if not media:
         raise InputError("message", "the message is empty", "a question, files, or both")
     kinds = {m.kind for m in media}
-    return DEFAULT_QUESTIONS.get(kinds.pop() if len(kinds) == 1 else None, DEFAULT_QUESTIONS[None])
+    questions = default_questions(pipeline)
+    return questions.get(kinds.pop() if len(kinds) == 1 else None, questions[None])
 
 
 def chat_turn(pipeline: Pipeline, session: ChatSession, question: str, media: Sequence[Media] = (),
@@ -451,7 +472,7 @@ def ask(pipeline: Pipeline, kind: str, file: Any, question: str | None, settings
     if path is None:
         raise InputError(kind if kind != "point" else "3D input", "no file given", ACCEPTED_BY_KIND[kind])
     media = route_file(path, max_bytes, expected=kind)
-    question = (question or "").strip() or DEFAULT_QUESTIONS[kind]
+    question = (question or "").strip() or default_questions(pipeline)[kind]
     validate_question(question)
     _report(progress, 0.0, f"Reading and encoding {media.label}")
     feature = pipeline.feature([media], settings)
@@ -577,7 +598,7 @@ def mix(pipeline: Pipeline, media: Sequence[Media], question: str | None, settin
     cache is loaded, and answer the question about the mix. Yields the tables first (with an
     empty answer), then the answer so far."""
     settings = settings or Settings()
-    question = (question or "").strip() or DEFAULT_QUESTIONS[None]
+    question = (question or "").strip() or default_questions(pipeline)[None]
     validate_question(question)
     _report(progress, 0.0, f"Reading and encoding {len(media)} input{'s' if len(media) != 1 else ''}")
     feature = pipeline.feature(media, replace(settings, cache=None))

@@ -228,7 +228,7 @@ def chat(ctx: AppContext, session: H.ChatSession, message: dict | None, max_new_
     settings = H.make_settings(max_new_tokens, temperature, top_p, use_cache, cache_size, cache_temperature,
                                cache_weight)
     media = H.route_files(H.file_paths(message.get("files")), ctx.max_bytes)
-    question = H.chat_question(message.get("text"), media)
+    question = H.chat_question(message.get("text"), media, ctx.pipeline)
     session.pending = (message, len(session.chat.turns))
     yield session, chat_messages(session, (question, media)), _box(value=None, interactive=False), ""
     stop_flag = _new_stop(session)
@@ -432,10 +432,10 @@ CHAT_EXAMPLES = [
 IMAGE_EXAMPLES = [["@toyworld/two_red_balls.png", "How are the objects moving?"],
                   ["@toyworld/three_blue_cubes.png", "Describe the scene."],
                   ["@sunset.png", "What is happening in this picture?"], ["@house.png", "Describe the house."]]
-AUDIO_EXAMPLES = [["@toyworld/four_bells.wav", "How many objects are there?"],
+AUDIO_EXAMPLES = [["@toyworld/four_bells.wav", "What are the objects?"],
                   ["@toyworld/one_rattle.wav", "What kind of object is this?"],
                   ["@birdsong.wav", "What animal makes this sound?"], ["@doorbell.wav", "What is this sound?"]]
-VIDEO_EXAMPLES = [["@toyworld/yellow_rings_circling.mp4", "Describe the scene."],
+VIDEO_EXAMPLES = [["@toyworld/yellow_rings_circling.mp4", "What are the objects doing?"],
                   ["@bouncing_ball.mp4", "What is the ball doing?"]]
 SHAPE_EXAMPLES = [["@toyworld/two_pyramids.ply", "How many objects are there?"],
                   ["@toyworld/one_ring_points.npy", "What shape is the object?"],
@@ -588,7 +588,8 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                                 source.change(functools.partial(guarded(preview_3d), ctx), [source],
                                               [mesh_view, cloud_view], api_visibility="private",
                                               concurrency_id="preview", concurrency_limit=4)
-                            question = gr.Textbox("", label="Question", lines=2, placeholder=H.DEFAULT_QUESTIONS[kind])
+                            question = gr.Textbox("", label="Question", lines=2,
+                                                  placeholder=H.default_questions(pipeline)[kind])
                             with gr.Row():
                                 ask_button = gr.Button("Ask", variant="primary")
                                 stop_ask = gr.Button("⏹ Stop", variant="stop")
@@ -642,7 +643,8 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                                            ("official: weights divided by their sum", "official")],
                                           value="normalized", label="Normalisation")
                         image_output.controls()
-                        mix_question = gr.Textbox("", label="Question", lines=2, placeholder=H.DEFAULT_QUESTIONS[None])
+                        mix_question = gr.Textbox("", label="Question", lines=2,
+                                                  placeholder=H.default_questions(pipeline)[None])
                         with gr.Row():
                             mix_button = gr.Button("Mix and ask", variant="primary")
                             stop_mix = gr.Button("⏹ Stop", variant="stop")
