@@ -153,6 +153,13 @@ def test_bad_uploads_are_refused_with_the_name_and_what_is_accepted(tmp_path):
         H.route_files([example("sunset.png"), str(notes)])
     assert error.value.source == "notes.txt" and "unsupported file type .txt" in str(error.value)
     assert ".png" in error.value.accepted and ".wav" in error.value.accepted and ".glb" in error.value.accepted
+    # A .npy is an accepted type: what is wrong is its content, not its extension.
+    np.save(tmp_path / "picture.npy", np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(InputError, match=r"picture.npy: a .npy array of shape \(10, 10, 3\) is not a point cloud"):
+        H.route_files([str(tmp_path / "picture.npy")])
+    (tmp_path / "renamed.npy").write_bytes(Path(example("sunset.png")).read_bytes())
+    with pytest.raises(InputError, match=r"renamed.npy: not a readable .npy array"):
+        H.route_files([str(tmp_path / "renamed.npy")])
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     with pytest.raises(InputError, match="empty.png: the file is empty"):

@@ -39,8 +39,10 @@ from ..preprocess import (
     IMAGE_EXTENSIONS,
     IMU_EXTENSIONS,
     MESH_EXTENSIONS,
+    NPY_LAYOUTS,
     PreprocessOptions,
     guess_kind,
+    npy_shape,
 )
 from ..prompts import format_prompt, validate_question
 from ..visual_cache import CacheConfig
@@ -265,6 +267,11 @@ def route_file(path: str, max_bytes: int | None = None, expected: str | None = N
         kind = expected
     if kind is None:
         suffix = Path(path).suffix or "(no extension)"
+        if suffix.lower() == ".npy":  # an accepted type whose array is none of the kinds
+            shape = npy_shape(path)
+            problem = ("not a readable .npy array" if shape is None else
+                       f"a .npy array of shape {shape} is not {NPY_LAYOUTS}")
+            raise InputError(name, problem, accepted)
         raise InputError(name, f"unsupported file type {suffix}", accepted)
     return Media(kind, path, 1.0, name=name)
 

@@ -143,20 +143,30 @@ def _read_head(path: Path, data: bytes | None, size: int = 4096) -> bytes | None
         return None
 
 
-def _guess_npy(path: Path, data: bytes | None) -> str | None:
+def npy_shape(path: str | Path, data: bytes | None = None) -> tuple[int, ...] | None:
+    """The array shape in a .npy file's header (nothing else is read), or None when the file is
+    not a readable .npy array."""
     import numpy as np
 
-    head = _read_head(path, data)
+    head = _read_head(Path(path), data)
     if head is None:
         return None
     try:
         stream = io.BytesIO(head)
         version = np.lib.format.read_magic(stream)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape = read_header(stream)[0]
-    except Exception:
+        return tuple(read_header(stream)[0])
+    except Exception:  # noqa: BLE001 - numpy raises ValueError, EOFError, SyntaxError, ... for other bytes
         return None
-    if len(shape) != 2:
+
+
+#: What each kind of .npy array must look like (for the error when an array is none of them).
+NPY_LAYOUTS = "a point cloud (N, 3), an IMU recording (6, T) or (T, 6), or a depth map (H, W) of at least 16 x 16"
+
+
+def _guess_npy(path: Path, data: bytes | None) -> str | None:
+    shape = npy_shape(path, data)
+    if shape is None or len(shape) != 2:
         return None
     if shape[1] == 3:
         return "point"
@@ -177,5 +187,5 @@ def _is_16bit_gray(path: Path, data: bytes | None) -> bool:
 
 __all__ = [
     "KINDS", "KIND_TO_MODALITY", "MODES", "DEFAULT_MODE", "PreprocessOptions", "load", "load_batch",
-    "guess_kind", "check_kind",
+    "guess_kind", "check_kind", "npy_shape", "NPY_LAYOUTS",
 ]
