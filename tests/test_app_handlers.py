@@ -293,8 +293,17 @@ def test_ask_refuses_bad_input(pipeline, tmp_path):
         drain(H.ask(pipeline, "image", None, "What?", SETTINGS))
     fake = tmp_path / "song.wav"
     fake.write_bytes(b"RIFF0000WAVEfmt nothing useful here")
-    with pytest.raises(InputError, match="song.wav"):
+    with pytest.raises(InputError, match="song.wav") as error:
         drain(H.ask(pipeline, "audio", str(fake), "What?", SETTINGS))
+    # What the page accepts, not the Python objects the preprocessing functions also take.
+    assert error.value.accepted == H.UPLOAD_ACCEPTED["audio"] and "waveform" not in str(error.value)
+    imu = tmp_path / "walk_imu.csv"
+    imu.write_text("1,2,3\n4,5,6\n")
+    for turn in (lambda media: H.chat_turn(pipeline, H.ChatSession(), "What?", media, SETTINGS),
+                 lambda media: H.mix(pipeline, media, "What?", SETTINGS)):
+        with pytest.raises(InputError, match="walk_imu.csv: the CSV file has 3 columns") as error:
+            drain(turn(H.route_files([str(imu)])))
+        assert error.value.accepted == H.UPLOAD_ACCEPTED["imu"] and "torch tensor" not in str(error.value)
 
 
 # ---------------------------------------------------------------------------------------- mixing

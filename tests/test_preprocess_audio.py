@@ -721,9 +721,15 @@ def test_long_m4a_reads_ffmpegs_output_around_the_clips(tmp_path, monkeypatch):
     (b"PK\x03\x04", "a ZIP archive"),
     (b"\x1a\x45\xdf\xa3", "a Matroska/WebM file"),
     (b"RIFF\x10\x00\x00\x00AVI LIST", "a RIFF AVI file"),
+    (b"RIFF\x10\x00\x00\x00\xc0\xfb\xd3b", "a RIFF file that is not WAVE audio (a damaged WAV?)"),  # no raw bytes
 ])
 def test_other_files_named_as_audio_say_what_they_are(head, what):
     content = head + bytes(100)
     raises_input_error(lambda: load_audio(content, name="song.wav"), "song.wav",
                        f"named '.wav' but its content is {what}")
     raises_input_error(lambda: load_audio(content), "<bytes>", f"not an audio file: the content is {what}")
+
+
+def test_audio_of_another_format_under_a_wav_name_is_named_in_words():
+    raises_input_error(lambda: load_audio(b"ID3\x04\x00" + bytes(100), name="song.wav"), "song.wav",
+                       "named '.wav' but its content is ID3-tagged MP3/AAC audio; rename it")

@@ -324,6 +324,8 @@ def test_options_validation():
     assert OFFICIAL.effective_min_points == OFFICIAL_MIN_POINTS
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.num_points = 3
+    with pytest.raises(InputError, match="has only 1 point, at least"):
+        load_point_cloud(np.ones((1, 3), np.float32))
 
 
 def test_preview(cloud):
@@ -650,6 +652,12 @@ def _bad_files(tmp_path, cloud):
             "garbage.ply",
             lambda p: p.write_bytes(b"hello world\n" * 4),
             "could not be read as a .ply",
+            small(),
+        ),
+        (
+            "text.ply",  # trimesh fails with "list index out of range"
+            lambda p: p.write_bytes(b"this is not a ply\n1 2 3\n"),
+            r"could not be read as a .ply file \(its header or data is malformed\)",
             small(),
         ),
         (

@@ -443,6 +443,9 @@ def test_bad_files(golden, preprocess_manifest, ffmpeg, tmp_path):
 
     (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
     _raises(tmp_path / "truncated.mp4", "corrupt", "truncated.mp4")
+    (tmp_path / "garbage.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(4000))  # an mp4 head, no moov
+    err = _raises(tmp_path / "garbage.mp4", "corrupt", "garbage.mp4")
+    assert str(tmp_path) not in str(err)  # the server's temporary path is not shown to the user
     _raises(
         data[:64] + np.random.default_rng(1).bytes(4000), "no video stream|corrupt", "x.mp4", name="x.mp4"
     )

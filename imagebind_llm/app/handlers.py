@@ -10,6 +10,7 @@ Long steps report to ``progress(fraction, desc)`` when one is given (``gr.Progre
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import hashlib
@@ -75,6 +76,29 @@ ACCEPTED_BY_KIND = {
     "video": f"a video ({' '.join(VIDEO_FILE_EXTENSIONS)}) or a webcam recording",
     "point": f"a point cloud or mesh ({' '.join(POINT_FILE_EXTENSIONS)})",
 }
+
+#: What the page takes for each kind, in the errors about a file's content (the preprocessing
+#: lists also name the Python objects its functions take, which a page's user cannot give).
+UPLOAD_ACCEPTED = {
+    **ACCEPTED_BY_KIND,
+    "depth": "a depth map: a 16-bit grayscale PNG/TIFF, an image with 'depth' in its name, or a .npy (H, W)",
+    "thermal": "a thermal image: an 8/16-bit grayscale image with 'thermal' in its name",
+    "imu": (f"an IMU recording: {' '.join(IMU_EXTENSIONS)} with 6 columns (accelerometer x, y, z, gyroscope x, "
+            "y, z) or a .npy (6, T)"),
+}
+
+
+@contextlib.contextmanager
+def upload_errors(media: Sequence[Media]):
+    """Re-raise an error about one of ``media``'s files with what the page accepts for its kind."""
+    try:
+        yield
+    except InputError as error:
+        kind = {m.label: m.kind for m in media if m.kind != "text"}.get(error.source)
+        if kind not in UPLOAD_ACCEPTED or error.accepted is None:
+            raise
+        raise InputError(error.source, error.problem, UPLOAD_ACCEPTED[kind]) from None
+
 
 #: Question used when a user sends only files.
 DEFAULT_QUESTIONS = {
@@ -410,9 +434,10 @@ def chat_turn(pipeline: Pipeline, session: ChatSession, question: str, media: Se
     before = len(session.chat.turns)
     answer = ""
     try:
-        for delta in pipeline.chat(session.chat, question, media, settings, cancel):
-            answer += delta
-            yield answer
+        with upload_errors(media):
+            for delta in pipeline.chat(session.chat, question, media, settings, cancel):
+                answer += delta
+                yield answer
     except Exception:
         del session.chat.turns[before:]
         raise
@@ -482,7 +507,8 @@ def ask(pipeline: Pipeline, kind: str, file: Any, question: str | None, settings
     question = (question or "").strip() or default_questions(pipeline)[kind]
     validate_question(question)
     _report(progress, 0.0, f"Reading and encoding {media.label}")
-    feature = pipeline.feature([media], settings)
+    with upload_errors([media]):
+        feature = pipeline.feature([media], settings)
     _report(progress, 0.9, "Generating the answer")
     yield from stream_answer(pipeline, feature.vector, question, settings, cancel)
 
@@ -608,7 +634,8 @@ def mix(pipeline: Pipeline, media: Sequence[Media], question: str | None, settin
     question = (question or "").strip() or default_questions(pipeline)[None]
     validate_question(question)
     _report(progress, 0.0, f"Reading and encoding {len(media)} input{'s' if len(media) != 1 else ''}")
-    feature = pipeline.feature(media, replace(settings, cache=None))
+    with upload_errors(media):
+        feature = pipeline.feature(media, replace(settings, cache=None))
     vector = feature.vector
     similarities = similarity_table(feature.labels, feature.embeddings, vector)
     nearest = Table(["rank", "cache entry", "similarity"], [])

@@ -148,7 +148,7 @@ _FORMAT_NAMES = {
     "mp3": "MP3",
     "mp4": "MP4/M4A",
     "aac": "AAC (ADTS)",
-    "id3": "MP3/AAC with an ID3 tag",
+    "id3": "ID3-tagged MP3/AAC",
 }
 # Which sniffed content each extension family accepts.
 _COMPATIBLE = {
@@ -331,7 +331,10 @@ def _sniff(head: bytes) -> str | None:
     if head[:4] == b"\x1a\x45\xdf\xa3":
         return "other:a Matroska/WebM file"
     if len(head) >= 12 and head[:4] == b"RIFF":
-        return f"other:a RIFF {head[8:12].decode('latin-1').strip()} file"
+        kind = head[8:12].decode("latin-1")
+        if kind.isascii() and kind.isprintable() and kind.strip():  # AVI, WEBP, ...
+            return f"other:a RIFF {kind.strip()} file"
+        return "other:a RIFF file that is not WAVE audio (a damaged WAV?)"
     if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
         layer = (head[1] >> 1) & 0x3
         return "aac" if layer == 0 else "mp3"

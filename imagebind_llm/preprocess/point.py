@@ -467,6 +467,14 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
+def _parser_failure(exc: BaseException) -> str:
+    """What a parser's exception says about the file: an IndexError or KeyError inside trimesh
+    ("list index out of range") means the file is malformed, which is what a user can act on."""
+    if isinstance(exc, (IndexError, KeyError, TypeError, AttributeError)):
+        return "its header or data is malformed"
+    return _short(exc)
+
+
 def _read_torch(src: Source, accepted: str) -> torch.Tensor:
     try:
         with src.open() as f:
@@ -835,7 +843,7 @@ def _read_with_trimesh(src: Source, accepted: str) -> _Raw:
         if src.suffix == ".gltf" and src.path is None:
             hint = "; a .gltf that refers to separate buffer files must be given as a path"
         raise src.error(
-            f"could not be read as a {src.suffix} file ({_short(exc)}){_sniff(_head(src), src.suffix)}{hint}",
+            f"could not be read as a {src.suffix} file ({_parser_failure(exc)}){_sniff(_head(src), src.suffix)}{hint}",
             accepted,
         ) from None
     try:
@@ -978,7 +986,8 @@ def _validate_points(
         )
         if shape[1] > 3 and shape[1] >= shape[0]:
             why += f"; if the array is ({shape[1]}, {shape[0]}) points by columns, transpose it"
-        raise InputError(label, f"has only {n} points, at least {min_points} are needed ({why})", accepted)
+        raise InputError(label, f"has only {n} point{'s' if n != 1 else ''}, at least {min_points} are needed "
+                                f"({why})", accepted)
     return xyz
 
 

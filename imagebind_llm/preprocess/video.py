@@ -523,6 +523,8 @@ def _decode_error(source: Source, e: Exception) -> InputError:
     if "cannot find video stream" in text:
         return source.error("the file contains no video stream (or it is unreadable)", ACCEPTED)
     detail = text.strip().splitlines()[-1][-200:] if text.strip() else type(e).__name__
+    if source.path is not None:  # the decoder names the server's temporary path: name the file as the user did
+        detail = detail.replace(str(source.path), source.name)
     return source.error(f"the file is corrupt or cannot be decoded ({detail})", ACCEPTED)
 
 
