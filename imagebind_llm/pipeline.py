@@ -33,7 +33,7 @@ from .fusion import FusionMode, fuse
 from .generation import CancelCheck, GenerationConfig
 from .model import ImageBindLLM
 from .preprocess import PreprocessOptions
-from .prompts import Turn, fit_chat, format_prompt, validate_question
+from .prompts import Turn, fit_chat, format_prompt, too_long, validate_question
 from .tokenizer import Tokenizer
 from .visual_cache import CacheConfig, CacheResult, VisualCache
 from .weights import build_language_model, check_llama_folder, find_tokenizer
@@ -296,10 +296,28 @@ class Pipeline:
     def stream(self, media: Sequence[Media], question: str, settings: Settings = Settings(),
                cancel: CancelCheck = None) -> Iterator[str]:
         """Single-turn answer as text deltas (official prompt template)."""
-        validate_question(question)
+        prompt = self.question_prompt(question, settings)
         feature = self.feature(media, settings).vector if media else None
-        prompt = self.tokenizer.encode(format_prompt(question, settings.context))
         yield from self._decode(self.stream_ids(prompt, feature, settings, cancel))
+
+    def question_prompt(self, question: str, settings: Settings = Settings()) -> list[int]:
+        """The token ids of the official single-turn prompt for ``question``. A prompt that leaves
+        less room than ``settings``' max new tokens is refused, as in a chat, rather than answered
+        with what room is left."""
+        validate_question(question)
+        prompt = self.tokenizer.encode(format_prompt(question, settings.context))
+        budget = self._prompt_budget(settings)
+        if len(prompt) > budget:
+            raise too_long(len(prompt), budget)
+        return prompt
+
+    def _prompt_budget(self, settings: Settings) -> int:
+        """The prompt tokens that fit beside ``settings``' answer in the model's context."""
+        max_len, max_new = self.model.config.llama.max_seq_len, settings.generation.max_new_tokens
+        if max_len - max_new < 1:
+            raise InputError("settings", f"max new tokens ({max_new}) leaves no room for the question in a "
+                             f"context of {max_len}", "fewer max new tokens")
+        return max_len - max_new
 
     def answer(self, media: Sequence[Media], question: str, settings: Settings = Settings()) -> str:
         return "".join(self.stream(media, question, settings)).strip()
@@ -325,11 +343,7 @@ class Pipeline:
         for warning in checked.warnings if checked is not None else ():
             if warning not in chat.notices:
                 chat.notices.append(warning)
-        budget = self.model.config.llama.max_seq_len - settings.generation.max_new_tokens
-        if budget < 1:
-            raise InputError("settings", f"max new tokens ({settings.generation.max_new_tokens}) leaves no room "
-                             f"for the question in a context of {self.model.config.llama.max_seq_len}",
-                             "fewer max new tokens")
+        budget = self._prompt_budget(settings)
         turn = ChatTurn(question=question, media=list(media))
         if media:
             turn.feature = self.feature(media, settings).vector

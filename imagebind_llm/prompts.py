@@ -64,6 +64,12 @@ def validate_question(question: str) -> str:
     return question
 
 
+def too_long(needed: int, budget: int) -> InputError:
+    """The error for a prompt of ``needed`` tokens where ``budget`` fit beside the answer."""
+    return InputError("question", f"the question is too long: its prompt needs {needed} tokens but at most "
+                      f"{budget} fit beside the answer", "a shorter question, or fewer answer tokens")
+
+
 def fit_chat(turns: Sequence[Turn], encode, budget: int, context: str | None = None) -> tuple[list[int], int]:
     """Token ids of the longest suffix of ``turns`` whose prompt fits ``budget`` tokens, and the
     number of dropped (oldest) turns. ``encode(text) -> ids`` adds BOS. Raises InputError when
@@ -74,5 +80,4 @@ def fit_chat(turns: Sequence[Turn], encode, budget: int, context: str | None = N
         ids = encode(chat_prompt(kept, context if dropped == 0 else None))
         if len(ids) <= budget:
             return ids, dropped
-    raise InputError("question", f"the question is too long: its prompt needs {len(ids)} tokens but at most "
-                     f"{budget} fit beside the answer", "a shorter question, or fewer answer tokens")
+    raise too_long(len(ids), budget)

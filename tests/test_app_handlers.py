@@ -288,9 +288,15 @@ def test_ask_every_tab(pipeline, kind, name):
     assert answers[-1] == expected
 
 
-def test_ask_refuses_bad_input(pipeline, tmp_path):
+def test_ask_refuses_bad_input(pipeline, tmp_path, monkeypatch):
     with pytest.raises(InputError, match="no file given"):
         drain(H.ask(pipeline, "image", None, "What?", SETTINGS))
+    with monkeypatch.context() as patch:  # a question with no room for its answer: refused before the encoding
+        patch.setattr(pipeline, "feature", lambda *a, **k: pytest.fail("the file was encoded"))
+        for tab in (lambda q: H.ask(pipeline, "image", example("sunset.png"), q, SETTINGS),
+                    lambda q: H.mix(pipeline, [H.route_file(example("sunset.png"))], q, SETTINGS)):
+            with pytest.raises(InputError, match="the question is too long: its prompt needs"):
+                drain(tab("word " * pipeline.model.config.llama.max_seq_len))
     fake = tmp_path / "song.wav"
     fake.write_bytes(b"RIFF0000WAVEfmt nothing useful here")
     with pytest.raises(InputError, match="song.wav") as error:

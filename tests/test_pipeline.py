@@ -13,6 +13,7 @@ from imagebind_llm.errors import InputError
 from imagebind_llm.fusion import fuse
 from imagebind_llm.generation import GenerationConfig, generate, sample_next
 from imagebind_llm.pipeline import Chat, Media, Pipeline, Settings
+from imagebind_llm.prompts import format_prompt
 from imagebind_llm.tokenizer import Tokenizer
 from imagebind_llm.visual_cache import CacheConfig, VisualCache
 
@@ -71,6 +72,27 @@ def test_a_question_longer_than_the_context_is_refused_and_not_kept(pipeline):
     with pytest.raises(InputError, match="too long"):
         list(pipeline.chat(chat, "word " * 2000, [], Settings(generation=GREEDY)))
     assert chat.turns == []
+
+
+def test_a_single_question_without_room_for_its_answer_is_refused_as_in_a_chat(pipeline, files):
+    """A single question gets the chat's rule: a prompt that leaves less room than max new
+    tokens is refused (it was answered with what room was left, an answer cut short silently)."""
+    max_len = pipeline.model.config.llama.max_seq_len
+    settings = Settings(generation=GenerationConfig(max_new_tokens=max_len // 2, temperature=0.0))
+    words = 1
+    while len(pipeline.tokenizer.encode(format_prompt("word " * words))) <= max_len // 2:
+        words += 1
+    question = "word " * words
+    needed = len(pipeline.tokenizer.encode(format_prompt(question)))
+    assert max_len // 2 < needed < max_len  # it would fit alone: the answer has no room
+    message = f"its prompt needs {needed} tokens but at most {max_len - max_len // 2} fit beside the answer"
+    with pytest.raises(InputError, match=message):
+        list(pipeline.stream([Media("image", files["image"])], question, settings))
+    with pytest.raises(InputError, match=message):
+        list(pipeline.chat(Chat(), question, [], settings))
+    with pytest.raises(InputError, match="leaves no room for the question"):
+        pipeline.question_prompt("Hi?", Settings(generation=GenerationConfig(max_new_tokens=max_len)))
+    assert pipeline.answer([], "Hi?", Settings(generation=GenerationConfig(max_new_tokens=4, temperature=0.0)))
 
 
 def test_stream_never_shows_half_a_character(golden):

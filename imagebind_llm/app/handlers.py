@@ -45,7 +45,7 @@ from ..preprocess import (
     guess_kind,
     npy_shape,
 )
-from ..prompts import format_prompt, validate_question
+from ..prompts import validate_question
 from ..visual_cache import CacheConfig
 
 log = logging.getLogger(__name__)
@@ -483,8 +483,7 @@ def stream_answer(pipeline: Pipeline, feature: torch.Tensor | None, question: st
                   cancel: CancelCheck = None) -> Iterator[str]:
     """The answer so far to ``question`` about an already computed feature (the official
     single-turn prompt, like :meth:`Pipeline.stream`)."""
-    validate_question(question)
-    prompt = pipeline.tokenizer.encode(format_prompt(question, settings.context))
+    prompt = pipeline.question_prompt(question, settings)
     decoder = pipeline.tokenizer.stream()
     answer = ""
     for token in pipeline.stream_ids(prompt, feature, settings, cancel):
@@ -505,7 +504,7 @@ def ask(pipeline: Pipeline, kind: str, file: Any, question: str | None, settings
         raise InputError(kind if kind != "point" else "3D input", "no file given", ACCEPTED_BY_KIND[kind])
     media = route_file(path, max_bytes, expected=kind)
     question = (question or "").strip() or default_questions(pipeline)[kind]
-    validate_question(question)
+    pipeline.question_prompt(question, settings)  # a question that does not fit is refused before the encoding
     _report(progress, 0.0, f"Reading and encoding {media.label}")
     with upload_errors([media]):
         feature = pipeline.feature([media], settings)
@@ -632,7 +631,7 @@ def mix(pipeline: Pipeline, media: Sequence[Media], question: str | None, settin
     empty answer), then the answer so far."""
     settings = settings or Settings()
     question = (question or "").strip() or default_questions(pipeline)[None]
-    validate_question(question)
+    pipeline.question_prompt(question, settings)  # a question that does not fit is refused before the encoding
     _report(progress, 0.0, f"Reading and encoding {len(media)} input{'s' if len(media) != 1 else ''}")
     with upload_errors(media):
         feature = pipeline.feature(media, replace(settings, cache=None))
