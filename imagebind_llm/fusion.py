@@ -28,6 +28,9 @@ from .errors import InputError
 FusionMode = Literal["official", "normalized"]
 FUSION_MODES = ("official", "normalized")
 OFFICIAL_EPS = 1e-6
+#: The largest weight magnitude accepted: the mix depends on the weights' ratios only, and a
+#: larger one overflows float32 arithmetic (1e30 squared), which turned the mix into zeros.
+MAX_WEIGHT = 1e6
 
 
 def fuse(embeddings: torch.Tensor, weights: Sequence[float] | torch.Tensor, mode: FusionMode = "normalized",
@@ -38,7 +41,7 @@ def fuse(embeddings: torch.Tensor, weights: Sequence[float] | torch.Tensor, mode
     """
     if mode not in FUSION_MODES:
         raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got {mode!r}")
-    weights = torch.as_tensor(weights, dtype=torch.float32).flatten()
+    weights = torch.as_tensor(weights, dtype=torch.float64).flatten()  # float64: 1e300 is not yet infinite
     if embeddings.ndim != 2 or len(embeddings) != len(weights):
         raise ValueError(f"need N embeddings (N, D) and N weights, got {tuple(embeddings.shape)} and {len(weights)}")
     if len(weights) == 0:
@@ -51,6 +54,11 @@ def fuse(embeddings: torch.Tensor, weights: Sequence[float] | torch.Tensor, mode
         raise InputError(name, "its embedding contains NaN or infinite values", "finite inputs")
     if not torch.isfinite(weights).all():
         raise InputError("weights", "a weight is NaN or infinite", "finite weights")
+    if (weights.abs() > MAX_WEIGHT).any():
+        largest = float(weights[weights.abs().argmax()])
+        raise InputError("weights", f"the weight {largest:g} is too large",
+                         f"weights between {-MAX_WEIGHT:g} and {MAX_WEIGHT:g} (the mix depends on their ratios only)")
+    weights = weights.float()
     if (weights == 0).all():
         raise InputError("weights", "all weights are zero", "at least one non-zero weight")
     units = F.normalize(embeddings, dim=-1)

@@ -154,10 +154,16 @@ def test_embedding_arithmetic(pipeline, files):
     (torch.ones(0, 4), [], "normalized", InputError, "no input to mix"),
     (torch.ones(2, 4), [1.0, float("inf")], "normalized", InputError, "a weight is NaN or infinite"),
     (torch.ones(2, 4), [0.0, 0.0], "official", InputError, "all weights are zero"),
+    # Too large for float32 arithmetic: 1e30 squared made the mix a zero vector, 1e300 an infinity.
+    (torch.eye(2, 4), [1e30, 1.0], "normalized", InputError, r"the weight 1e\+30 is too large"),
+    (torch.eye(2, 4), [1.0, -1e300], "official", InputError, r"the weight -1e\+300 is too large"),
 ])
 def test_fuse_names_what_is_wrong(embeddings, weights, mode, error, match):
     with pytest.raises(error, match=match):
         fuse(embeddings, weights, mode)
+    if "too large" in match:  # the bound: a million is still mixed
+        assert torch.isfinite(fuse(embeddings, [1e6, 1.0], mode)).all()
+
 
 def test_bad_inputs_are_clear_errors(pipeline, files, tmp_path):
     settings = Settings(generation=GREEDY)
