@@ -64,6 +64,8 @@ THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
 CSS = """
 #header blockquote { border-left: 4px solid #f59e0b; background: #fffbeb; padding: 0.4em 0.8em; }
 .dark #header blockquote { background: #3b2f12; }
+#mix-examples table { table-layout: fixed; width: 100%; }
+#mix-examples td, #mix-examples th, #mix-examples td *, #mix-examples th * { white-space: normal; overflow-wrap: anywhere; }
 """
 
 _PIPELINES: dict[str, Pipeline] = {}
@@ -504,12 +506,12 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
     accepted_info = (f"Drop or attach files of any kind, several at once (up to {H._megabytes(max_bytes)} each)"
                      if max_bytes else "Drop or attach files of any kind, several at once")
 
-    def examples(rows, inputs, label="Examples"):
+    def examples(rows, inputs, label="Examples", elem_id=None):
         if examples_dir is None:
             return
         rows = _examples_of(examples_dir, rows)
         if rows:
-            gr.Examples(rows, inputs, label=label, cache_examples=False)
+            gr.Examples(rows, inputs, label=label, cache_examples=False, elem_id=elem_id)
 
     with gr.Blocks(title="ImageBind-LLM", analytics_enabled=False) as demo:
         gr.Markdown(H.header_markdown(pipeline), elem_id="header")
@@ -580,7 +582,7 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                             elif kind == "audio":
                                 source = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Audio")
                             elif kind == "video":
-                                source = gr.Video(sources=["upload", "webcam"], label="Video", height=320)
+                                source = gr.Video(sources=["upload", "webcam"], label="Video")
                             else:
                                 source = gr.File(label="Point cloud or mesh", file_count="single", height=120)
                                 mesh_view = gr.Model3D(label="Mesh", visible="hidden", height=320)
@@ -639,9 +641,10 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                                 slider.release(weights_from_sliders, sliders, [mix_weights], queue=False,
                                                api_visibility="private")
 
-                        fusion = gr.Radio([("corrected: weights as given, the mix re-normalised", "normalized"),
-                                           ("official: weights divided by their sum", "official")],
-                                          value="normalized", label="Normalisation")
+                        fusion = gr.Radio([("corrected", "normalized"), ("official", "official")],
+                                          value="normalized", label="Normalisation",
+                                          info="corrected: the weights as given and the mix re-normalised "
+                                               "(subtraction works); official: the weights divided by their sum")
                         image_output.controls()
                         mix_question = gr.Textbox("", label="Question", lines=2,
                                                   placeholder=H.default_questions(pipeline)[None])
@@ -668,7 +671,8 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                                   question=mix_question, ask_button=mix_button, stop_ask=stop_mix, answer=mix_answer,
                                   cache_settings=[use_cache, cache_size, cache_temperature, cache_weight],
                                   model_event=model_event)
-                examples(MIX_EXAMPLES, [mix_files, mix_texts, mix_weights, fusion, mix_question])
+                examples(MIX_EXAMPLES, [mix_files, mix_texts, mix_weights, fusion, mix_question],
+                         elem_id="mix-examples")
 
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     return demo
