@@ -423,20 +423,27 @@ class BuildReport:
 def list_image_files(folder: str | Path) -> list[Path]:
     """Image files under ``folder`` (recursive, by :func:`guess_kind`), hidden entries left out,
     sorted by their path relative to the folder."""
-    from .preprocess import guess_kind
+    from .preprocess import IMAGE_EXTENSIONS, guess_kind
 
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(str(folder), "not a folder", "a folder of images")
-    found = []
+    found, other_kinds = [], []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if name.startswith("."):
                 continue
             path = Path(root) / name
-            if guess_kind(path) == "image":
+            kind = guess_kind(path)
+            if kind == "image":
                 found.append(path)
+            elif kind in ("depth", "thermal") and path.suffix.lower() in IMAGE_EXTENSIONS:
+                other_kinds.append(f"{path.relative_to(folder).as_posix()} ({kind})")
+    if other_kinds:  # picture files that are not pictures to ImageBind: say so rather than drop them silently
+        log.warning("left out %d picture file(s) read as depth or thermal maps (by their names or 16-bit "
+                    "content), which a visual cache of images does not hold: %s", len(other_kinds),
+                    ", ".join(sorted(other_kinds)[:8]) + (", ..." if len(other_kinds) > 8 else ""))
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 

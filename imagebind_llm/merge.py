@@ -530,7 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"wrote {report.out} ({report.tensors} tensors, {report.bytes / 1e9:.2f} GB, {report.seconds:.0f} s)"
           + (f" and the Hugging Face folder {report.hf}" if report.hf else ""))
-    print(f"use it with: --preset imagebind-llm-7b --llama {report.out}")
+    if args.any_size:  # not the released 7B: no preset is made for it
+        print(f"use it as a base LLaMA folder: --llama {report.out} (with an adapter trained for it)")
+    else:
+        print(f"use it with: --preset imagebind-llm-7b --llama {report.out}")
     return 0
 
 

@@ -161,7 +161,8 @@ class VectorStore:
         """A ``.npy`` file or a flat FAISS index file, memory-mapped."""
         path = Path(path)
         if not path.is_file():
-            raise CheckpointError(f"vector store not found: {path}")
+            raise CheckpointError(f"visual cache vectors not found: {path} (a flat index such as knn.index, or a "
+                                  ".npy of image features)")
         with open(path, "rb") as f:
             magic = f.read(6)
         if magic == b"\x93NUMPY":

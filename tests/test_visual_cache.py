@@ -360,10 +360,19 @@ def image_folder(tmp_path_factory):
     return root
 
 
-def test_folder_listing(image_folder):
+def test_folder_listing(image_folder, tmp_path, caplog):
     files = [p.relative_to(image_folder).as_posix() for p in list_image_files(image_folder)]
     assert len(files) == 12 and files == sorted(files) and "a/broken.jpg" in files
     assert not any(".hidden" in f or f.endswith(".txt") for f in files)
+    # Depth and thermal pictures are not images to ImageBind: left out, and said so.
+    from PIL import Image
+
+    for name in ("photo.png", "room_depth.png", "person_thermal.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
+    with caplog.at_level("WARNING", logger="imagebind_llm.cache_builder"):
+        assert [p.name for p in list_image_files(tmp_path)] == ["photo.png"]
+    assert "left out 2 picture file(s)" in caplog.text
+    assert "person_thermal.png (thermal), room_depth.png (depth)" in caplog.text
 
 
 def test_build_from_images_skips_bad_files(tmp_path, image_folder, embedder):
@@ -521,7 +530,7 @@ def test_broken_index_and_vector_files_are_named(tmp_path):
     np.save(tmp_path / "f64.npy", x.astype(np.float64))
     with pytest.raises(CheckpointError, match="f64.npy: vectors must be float32, found float64"):
         VectorStore.open(tmp_path / "f64.npy")
-    with pytest.raises(CheckpointError, match="vector store not found"):
+    with pytest.raises(CheckpointError, match="visual cache vectors not found"):
         VectorStore.open(tmp_path / "missing.npy")
     with pytest.raises(CheckpointError, match=r"expected \(N, D\) vectors, got shape \(16,\)"):
         VectorStore(x[0])
