@@ -81,7 +81,7 @@ def check_width(source: Any, width: int, expected: int | None = None) -> None:
     unknown), before gigabytes are downloaded or loaded for nothing."""
     expected = expected_embedding_width(source) if expected is None else expected
     if expected is not None and int(width) != expected:
-        raise InputError("image embedding", f"the model's ImageBind embeds to width {width} but the unCLIP model "
+        raise InputError("image embedding", f"the ImageBind features are {width} wide but the unCLIP model "
                          f"{source} is conditioned on {expected}-wide image embeddings",
                          "an ImageBind whose width equals the unCLIP model's (the released ImageBind huge: 1024, "
                          "like SD 2.1 unCLIP H; the small default model cannot make images)")

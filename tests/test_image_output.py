@@ -240,7 +240,7 @@ def test_generate_defaults_and_options(generator, spy, width):
 
 
 def test_generate_refuses_a_width_mismatch_and_bad_options(generator, width):
-    with pytest.raises(InputError, match=f"embeds to width {width + 1} .* conditioned on {width}-wide"):
+    with pytest.raises(InputError, match=f"features are {width + 1} wide .* conditioned on {width}-wide"):
         generator.generate(torch.randn(1, width + 1), "a cat", steps=1)
     with pytest.raises(InputError, match="one embedding"):
         generator.generate(torch.randn(2, width), "a cat", steps=1)
@@ -373,12 +373,12 @@ def test_app_flags(tmp_path, width, monkeypatch):
     args = types.SimpleNamespace(unclip=str(folder), device="cpu", dtype=None)
     assert IH.load_app_generator(args).embedding_dim == width
     other = types.SimpleNamespace(imagebind=types.SimpleNamespace(config=types.SimpleNamespace(embed_dim=width + 8)))
-    with pytest.raises(InputError, match=f"embeds to width {width + 8} .* conditioned on {width}-wide"):
+    with pytest.raises(InputError, match=f"features are {width + 8} wide .* conditioned on {width}-wide"):
         IH.load_app_generator(args, other)
     # A released unCLIP model of another width is refused before it is downloaded or loaded.
     monkeypatch.setattr(IH, "ImageGenerator", lambda *a, **k: pytest.fail("the unCLIP model was loaded"))
     released = types.SimpleNamespace(unclip=IO.DEFAULT_UNCLIP, device="cpu", dtype=None)
-    with pytest.raises(InputError, match="embeds to width 40 .* conditioned on 1024-wide"):
+    with pytest.raises(InputError, match="features are 40 wide .* conditioned on 1024-wide"):
         IH.load_app_generator(released, types.SimpleNamespace(imagebind=types.SimpleNamespace(
             config=types.SimpleNamespace(embed_dim=40))))
 
@@ -424,7 +424,7 @@ def test_cli_image(golden, files, tmp_path, width, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert main(["image", *model, "--text", "a cat"]) == 2
-    assert f"embeds to width {width} but the unCLIP model {IO.DEFAULT_UNCLIP} is conditioned on 1024" \
+    assert f"features are {width} wide but the unCLIP model {IO.DEFAULT_UNCLIP} is conditioned on 1024" \
         in capsys.readouterr().err
     with pytest.raises(CheckpointError, match=f"(?s)cannot load .*hf download {IO.DEFAULT_UNCLIP}") as info:
         ImageGenerator(IO.DEFAULT_UNCLIP, device="cpu")
