@@ -248,9 +248,10 @@ def check_shapes(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> N
         for k, v in state.items() if k in own and own[k].shape != v.shape
     ]
     if problems:
-        more = [f"... and {len(problems) - LISTED} more"] if len(problems) > LISTED else []
+        listed = problems[:LISTED] + ([f"... and {len(problems) - LISTED} more"] if len(problems) > LISTED else [])
         raise CheckpointError(f"shape mismatch between the checkpoint and the model config ({len(problems)} "
-                              f"tensor{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems[:LISTED] + more) + "\n" + OTHER_SIZE_HINT)
+                              f"tensor{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(listed)
+                              + "\n" + OTHER_SIZE_HINT)
 
 
 def project_to_official(model_or_state, include_point: bool = True) -> "OrderedDict[str, torch.Tensor]":

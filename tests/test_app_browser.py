@@ -197,7 +197,8 @@ def test_the_weight_sliders_show_the_box_and_move_it(page):
     sliders are drawn before its weights arrive), a slider dragged with the mouse rewrites the
     weights box, and a weight typed afterwards moves the slider."""
     page.get_by_role("tab", name="Embedding arithmetic").click()
-    page.locator("tr").filter(has_text="sunset.png").filter(has_text="birdsong.wav").locator("visible=true").first.click()
+    example = page.locator("tr").filter(has_text="sunset.png").filter(has_text="birdsong.wav")
+    example.locator("visible=true").first.click()
     page.get_by_label("2. birdsong.wav").locator("visible=true").first.wait_for()
     visible_sliders = ("() => Array.from(document.querySelectorAll('input[type=range]'))"
                        ".filter(s => s.offsetParent).map(s => [s.value, s.disabled])")

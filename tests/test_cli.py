@@ -407,6 +407,7 @@ def test_a_hugging_face_hub_message_is_printed_once():
     import sys
 
     code = ("import logging; from imagebind_llm.log_setup import setup_logging; setup_logging(); "
-            "from huggingface_hub import hf_hub_download; logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s')")
+            "from huggingface_hub import hf_hub_download; "  # this import gives huggingface_hub its handler
+            "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s')")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
     assert err.count("Retrying in 1s") == 1, err

@@ -65,7 +65,9 @@ CSS = """
 #header blockquote { border-left: 4px solid #f59e0b; background: #fffbeb; padding: 0.4em 0.8em; }
 .dark #header blockquote { background: #3b2f12; }
 #mix-examples table { table-layout: fixed; width: 100%; }
-#mix-examples td, #mix-examples th, #mix-examples td *, #mix-examples th * { white-space: normal; overflow-wrap: anywhere; }
+#mix-examples td, #mix-examples th, #mix-examples td *, #mix-examples th * {
+  white-space: normal; overflow-wrap: anywhere;
+}
 """
 
 _PIPELINES: dict[str, Pipeline] = {}
