@@ -261,3 +261,46 @@ def test_stop_keeps_the_words_so_far(page, pipeline):
     stopped = bot.inner_text()
     page.wait_for_timeout(1000)
     assert bot.inner_text() == stopped and len(stopped) > 10  # the words so far stay, no more come
+
+
+def test_clear_and_undo_during_an_answer_stop_it(page, pipeline):
+    """Clear while an answer streams empties the chat for good (the answer went on and the next
+    question joined the old chat); Undo stops it and gives the question back in an editable box."""
+    page.get_by_role("tab", name="Chat").click()
+    users = "() => Array.from(document.querySelectorAll('[data-testid=\"user\"]')).map(u => u.innerText.trim())"
+
+    def ask_slowly(question: str, count: int):
+        page.fill(BOX, question)
+        page.press(BOX, "Enter")
+        page.wait_for_function(f"""() => {{  // the answer has begun
+            const bots = document.querySelectorAll('[data-testid="bot"]');
+            const last = bots.length ? bots[bots.length - 1].innerText : "";
+            return bots.length === {count} && last.length > 10 && !last.startsWith("⏳"); }}""")
+
+    def no_generation_left():
+        deadline = time.time() + 5
+        while time.time() < deadline and any(t.name == "imagebind-llm-request" for t in threading.enumerate()):
+            time.sleep(0.05)
+        return not any(t.name == "imagebind-llm-request" for t in threading.enumerate())
+
+    page.get_by_role("button", name="🗑️ Clear").click()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"bot\"]').length === 0")
+    with slow(pipeline, 0.05):
+        ask_slowly("Tell me a long story", 1)
+        page.get_by_role("button", name="🗑️ Clear").click()
+        assert no_generation_left(), "the answer went on after Clear"
+    page.wait_for_timeout(1000)
+    assert page.evaluate(users) == [] and answers(page) == 0  # and nothing of the old chat came back
+    page.fill(BOX, "A new conversation")
+    page.press(BOX, "Enter")
+    page.wait_for_function(ANSWERED, arg=1)
+    assert page.evaluate(users) == ["A new conversation"]
+
+    with slow(pipeline, 0.05):
+        ask_slowly("Take this back", 2)
+        page.get_by_role("button", name="↩️ Undo").click()
+        assert no_generation_left(), "the answer went on after Undo"
+    sync_api.expect(page.locator(BOX)).to_have_value("Take this back")
+    page.wait_for_timeout(1000)
+    assert page.input_value(BOX) == "Take this back" and page.locator(BOX).is_enabled()
+    assert page.evaluate(users) == ["A new conversation"] and answers(page) == 1

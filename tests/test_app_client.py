@@ -64,7 +64,7 @@ def test_every_endpoint(url):
     history, _, again = client.predict(**FAST, api_name="/retry")
     assert len(history) == 4 and again
     history, box = client.predict({"text": "", "files": []}, api_name="/undo")
-    assert len(history) == 2 and box["text"] == "Tell me more."
+    assert len(history) == 2 and box["value"]["text"] == "Tell me more."
     history, box, answer = client.predict(api_name="/clear")
     assert history == [] and answer == ""
 
@@ -170,3 +170,37 @@ def test_the_mix_tables_name_their_columns_before_the_first_mix(golden):
     tables = {block.label: block for block in demo.blocks.values() if isinstance(block, gr.Dataframe)}
     assert tables["Cosine similarities of the inputs (and with the mix)"].headers == ["input", "mix"]
     assert tables["Nearest visual-cache entries to the mix"].headers == ["rank", "cache entry", "similarity"]
+
+
+def test_one_sessions_requests_run_one_at_a_time_with_concurrency(golden):
+    """With several requests running at once (--concurrency), two messages of one session (or a
+    Retry during an answer) interleaved their turns: each got the other's half-made history."""
+    import time
+
+    pipeline = golden_pipeline(golden)
+    settings = {"max_new_tokens": 24, "temperature": 0.0}
+    fast = pipeline.stream_ids
+
+    def paced(*args, **kwargs):  # answers at a human pace, so that two of them overlap
+        for token in fast(*args, **kwargs):
+            time.sleep(0.02)
+            yield token
+
+    with serve(pipeline, concurrency=4) as url:
+        alone = Client(url, verbose=False)
+        expected = [alone.predict({"text": text, "files": []}, **settings, api_name="/chat")[2]
+                    for text in ("first", "second")]
+        pipeline.stream_ids = paced
+        try:
+            client = Client(url, verbose=False)
+            first = client.submit({"text": "first", "files": []}, **settings, api_name="/chat")
+            time.sleep(0.2)
+            second = client.submit({"text": "second", "files": []}, **settings, api_name="/chat")
+            time.sleep(0.2)
+            retry = client.submit(**settings, api_name="/retry")
+            assert [first.result()[2], second.result()[2]] == expected
+            history, _, answer = retry.result()  # the second question answered again, after it
+            assert [m["content"][0]["text"] for m in history if m["role"] == "user"] == ["first", "second"]
+            assert answer and history[-1]["content"][0]["text"] == answer
+        finally:
+            pipeline.stream_ids = fast

@@ -344,15 +344,17 @@ def throttle(items: Iterable[T], interval: float = 0.05) -> Iterator[T]:
         yield pending[0]
 
 
-def in_thread(produce: Callable[[threading.Event], Iterable[T]], stop: threading.Event | None = None) -> Iterator[T]:
-    """Run ``produce(stop)`` to its end in one worker thread and pass its items on.
+def in_thread(produce: Callable[[threading.Event], Iterable[T]], stop: threading.Event | None = None,
+              done: threading.Event | None = None) -> Iterator[T]:
+    """Start ``produce(stop)`` in one worker thread now, and return an iterator of its items.
 
     A request's generation must run in one thread: PyTorch's inference mode is per thread, and
     the pipeline's generators yield inside ``torch.inference_mode()``, while a web server may
     resume a generator on any of its worker threads (gradio does), which leaks inference mode
-    into its threads. Closing this iterator (Stop, a closed page) sets ``stop``, which the
-    pipeline checks between two tokens (a Stop button may also set it directly). The worker sees
-    the caller's context variables (so a progress bar reaches the right page)."""
+    into its threads. Closing the iterator (Stop, a closed page) sets ``stop``, which the
+    pipeline checks between two tokens (a Stop button may also set it directly). ``done`` is set
+    when the worker has ended, so its last change to shared state is made. The worker sees the
+    caller's context variables (so a progress bar reaches the right page)."""
     items: queue.Queue = queue.Queue()
     stop = stop if stop is not None else threading.Event()
 
@@ -366,10 +368,17 @@ def in_thread(produce: Callable[[threading.Event], Iterable[T]], stop: threading
             items.put(("error", error))
         else:
             items.put(("done", None))
+        finally:
+            if done is not None:
+                done.set()
 
     context = contextvars.copy_context()
     thread = threading.Thread(target=context.run, args=(work,), name="imagebind-llm-request", daemon=True)
     thread.start()
+    return _items_of(items, stop)
+
+
+def _items_of(items: queue.Queue, stop: threading.Event) -> Iterator[Any]:
     try:
         while True:
             kind, value = items.get()

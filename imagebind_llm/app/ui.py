@@ -26,7 +26,7 @@ import functools
 import inspect
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,30 @@ CSS = """
 _PIPELINES: dict[str, Pipeline] = {}
 #: The default that makes gradio pass a progress tracker (it makes a new one for every call).
 PROGRESS = gr.Progress()
-#: session key -> the stop flag of its running chat request (set by the Stop button).
-_STOPS: dict[str, threading.Event] = {}
+
+
+@dataclass
+class _Request:
+    """A chat session's model request: the flag that stops it (Stop, Undo, Clear, a closed page)
+    and the event set once its worker has ended, i.e. made its last change to the session."""
+
+    key: str  # the session's
+    stop: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    worker_started: bool = False  # then the worker sets ``done`` when it ends
+    superseded: bool = False  # Undo or Clear took over: the request sends the page nothing more
+
+
+#: session key -> its running chat request. A session's requests run one at a time, in the order
+#: they came: with several running at once (``--concurrency``), a Retry during an answer
+#: interleaved two turns.
+_REQUESTS: dict[str, _Request] = {}
+#: session key -> [tickets given, tickets served], under _TURN.
+_TICKETS: dict[str, list[int]] = {}
+_TURN = threading.Condition()
+#: How long Undo, Clear and a session's next request wait for a stopped answer to end (a file
+#: being encoded cannot be interrupted).
+UNDO_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -233,12 +255,16 @@ def chat(ctx: AppContext, session: H.ChatSession, message: dict | None, max_new_
                                cache_weight)
     media = H.route_files(H.file_paths(message.get("files")), ctx.max_bytes)
     question = H.chat_question(message.get("text"), media, ctx.pipeline)
-    session.pending = (message, len(session.chat.turns))
-    yield session, chat_messages(session, (question, media)), _box(value=None, interactive=False), ""
-    stop_flag = _new_stop(session)
-    answers = H.in_thread(lambda stop: H.chat_turn(ctx.pipeline, session, question, media, settings, progress, stop),
-                          stop_flag)
-    yield from _stream_turn(ctx, session, answers, stop_flag, restore=message)
+    request = _start_request(session)
+    try:
+        session.pending = (message, len(session.chat.turns))
+        yield session, chat_messages(session, (question, media)), _box(value=None, interactive=False), ""
+        answers = H.in_thread(lambda stop: H.chat_turn(ctx.pipeline, session, question, media, settings, progress,
+                                                       stop), request.stop, request.done)
+        request.worker_started = True
+        yield from _stream_turn(ctx, session, answers, request, restore=message)
+    finally:
+        _end_request(request)
 
 
 @GPU
@@ -251,34 +277,77 @@ def retry(ctx: AppContext, session: H.ChatSession, max_new_tokens: float, temper
         gr.Warning("Nothing to retry yet: ask a question first.")
         yield session, chat_messages(session), gr.skip(), ""
         return
-    last = session.chat.turns[-1]
-    shown = H.ChatSession(H.Chat(session.chat.turns[:-1]))
-    yield session, chat_messages(shown, (last.question, last.media)), _box(interactive=False), ""
-    stop_flag = _new_stop(session)
-    answers = H.in_thread(lambda stop: H.retry_turn(ctx.pipeline, session, settings, progress, stop), stop_flag)
-    yield from _stream_turn(ctx, session, answers, stop_flag, restore=None)
+    request = _start_request(session)
+    try:
+        if not session.chat.turns:  # the turn it was to retry was undone while it waited
+            yield session, chat_messages(session), gr.skip(), ""
+            return
+        last = session.chat.turns[-1]
+        shown = H.ChatSession(H.Chat(session.chat.turns[:-1]))
+        yield session, chat_messages(shown, (last.question, last.media)), _box(interactive=False), ""
+        answers = H.in_thread(lambda stop: H.retry_turn(ctx.pipeline, session, settings, progress, stop),
+                              request.stop, request.done)
+        request.worker_started = True
+        yield from _stream_turn(ctx, session, answers, request, restore=None)
+    finally:
+        _end_request(request)
 
 
-def _new_stop(session: H.ChatSession) -> threading.Event:
-    stop_flag = _STOPS[session.key()] = threading.Event()
-    return stop_flag
+def _start_request(session: H.ChatSession) -> _Request:
+    """The session's next request, once the ones that came before it have ended (it waits)."""
+    key = session.key()
+    with _TURN:
+        tickets = _TICKETS.setdefault(key, [0, 0])
+        ticket, tickets[0] = tickets[0], tickets[0] + 1
+        _TURN.wait_for(lambda: tickets[1] == ticket)
+        request = _REQUESTS[key] = _Request(key)
+        return request
 
 
-def _stream_turn(ctx: AppContext, session: H.ChatSession, answers, stop_flag: threading.Event,
-                 restore: dict | None):
+def _end_request(request: _Request) -> None:
+    """A request's generator ended (answered, failed, stopped or left by its page): its worker is
+    stopped and waited for, and the session's next request may start."""
+    request.stop.set()
+    if request.worker_started:
+        request.done.wait(UNDO_WAIT_S)  # it stops within a token (or a file's encoding)
+    request.done.set()
+    with _TURN:
+        if _REQUESTS.get(request.key) is request:
+            del _REQUESTS[request.key]
+        tickets = _TICKETS[request.key]
+        tickets[1] += 1
+        if tickets[0] == tickets[1]:  # none waiting
+            del _TICKETS[request.key]
+        _TURN.notify_all()
+
+
+def _stop_request(session: H.ChatSession, wait: float = 0.0, supersede: bool = False) -> None:
+    """Stop the session's running request, waiting up to ``wait`` seconds for its end;
+    ``supersede``: its last updates would undo the caller's (Undo, Clear), so it sends none."""
+    request = _REQUESTS.get(session.id) if session.id else None
+    if request is not None:
+        request.superseded = request.superseded or supersede
+        request.stop.set()
+        request.done.wait(wait)
+
+
+def _stream_turn(ctx: AppContext, session: H.ChatSession, answers, request: _Request, restore: dict | None):
     answer = ""
     try:
         for answer in H.throttle(answers, ctx.stream_interval):
+            if request.superseded:
+                return
             yield session, chat_messages(session), gr.skip(), answer
     except Exception:
+        if request.superseded:
+            return
         # The turn was not kept: show the history as it is and give the message back.
         session.pending = None
         yield session, chat_messages(session), _box(**({"value": restore} if restore is not None else {}),
                                                     interactive=True), ""
         raise
-    finally:
-        if _STOPS.get(session.id) is stop_flag:
-            del _STOPS[session.id]
+    if request.superseded:
+        return
     session.pending = None
     for notice in session.new_notices():
         gr.Warning(notice)
@@ -288,24 +357,34 @@ def _stream_turn(ctx: AppContext, session: H.ChatSession, answers, stop_flag: th
 
 @guarded
 def undo(session: H.ChatSession, message: dict | None):
-    turn = H.undo_turn(session)
+    """Remove the last turn and give its message back in the box. During an answer: stop it (and
+    wait for its end), then remove that turn, which a message stopped before its first word never
+    became."""
+    _stop_request(session, wait=UNDO_WAIT_S, supersede=True)
     message = message or {}
-    box = gr.skip()
-    if turn is not None and not (message.get("text") or message.get("files")):
-        box = {"text": turn.question, "files": [str(m.value) for m in turn.media]}
+    typed = bool(message.get("text") or message.get("files"))
+    back = None  # what goes back into the box
+    if session.pending is not None:  # the message being answered: it goes back as it was sent
+        (back, count), session.pending = session.pending, None
+        del session.chat.turns[count:]
+    elif (turn := H.undo_turn(session)) is not None:
+        back = {"text": turn.question, "files": [str(m.value) for m in turn.media]}
+    box = _box(value=back, interactive=True) if back is not None and not typed else _box(interactive=True)
     return session, chat_messages(session), box
 
 
-def clear():
-    return H.ChatSession(), [], _box(value=None, interactive=True), ""
+def clear(session: H.ChatSession):
+    """A new conversation; an answer being written is stopped. The session is emptied in place
+    (the stopped request holds it too)."""
+    _stop_request(session, wait=UNDO_WAIT_S, supersede=True)
+    session.chat, session.pending, session.notices_shown = H.Chat(), None, 0
+    return session, [], _box(value=None, interactive=True), ""
 
 
 def stop(session: H.ChatSession):
     """Stop the session's answer: the words so far stay; a message stopped before its first word
     goes back into the box."""
-    stop_flag = _STOPS.pop(session.id, None) if session.id else None
-    if stop_flag is not None:
-        stop_flag.set()
+    _stop_request(session)
     box = _box(interactive=True)
     if session.pending is not None:
         (message, count), session.pending = session.pending, None
@@ -564,11 +643,13 @@ def build_demo(pipeline: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, qu
                     functools.partial(retry, ctx), [session, *settings], chat_outputs, api_name="retry",
                     api_description="Answer the last question again.", show_progress="minimal",
                     show_progress_on=[chat_input], **model_event)
+                # Undo and Clear during an answer stop it (cancels: its page updates end too).
                 undo_button.click(undo, [session, chat_input], [session, chatbot, chat_input], api_name="undo",
                                   api_description="Remove the last turn (its question goes back into the box).",
-                                  queue=False)
-                clear_button.click(clear, None, chat_outputs, api_name="clear",
-                                   api_description="Start a new conversation.", queue=False)
+                                  queue=False, cancels=[chat_event, retry_event])
+                clear_button.click(clear, [session], chat_outputs, api_name="clear",
+                                   api_description="Start a new conversation.", queue=False,
+                                   cancels=[chat_event, retry_event])
                 stop_button.click(stop, [session], [session, chatbot, chat_input], cancels=[chat_event, retry_event],
                                   queue=False, api_visibility="private")
 
