@@ -311,7 +311,9 @@ def load_imagebind(
     first encodes; until then it holds meta tensors (see :mod:`imagebind_llm.lowmem`).
     """
     from .encoders.imagebind import ImageBind
+    from .precision import as_dtype
 
+    dtype = as_dtype(dtype, allow_auto=False)
     state = read_state_dict(checkpoint) if isinstance(checkpoint, (str, Path)) else unwrap_state_dict(checkpoint)
     if is_point_bind_layout(state):
         state = point_bind_to_imagebind_llm(state)

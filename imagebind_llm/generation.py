@@ -11,6 +11,7 @@ give alone. The visual injection is computed once per request, not per token.
 
 from __future__ import annotations
 
+import numbers
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -33,14 +34,34 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        # InputError is a ValueError: a wrong type, NaN or a seed torch cannot take is named here
+        # rather than failing deep inside the decoder.
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise InputError("max_new_tokens", f"must be a whole number of at least 1, got {self.max_new_tokens!r}",
+                             "1, 2, 3, ...")
+        if not _is_real(self.temperature) or not 0 <= self.temperature < float("inf") \
+                or 0 < self.temperature < MIN_TEMPERATURE:
+            raise InputError("temperature", f"must be 0 (greedy) or a finite number of at least {MIN_TEMPERATURE:g}, "
+                             f"got {self.temperature!r}", "0, or e.g. 0.1 to 2")
+        if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise InputError("top_p", f"must be in (0, 1], got {self.top_p!r}", "a number above 0, at most 1")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise InputError("top_k", f"must be a whole number >= 0, got {self.top_k!r}", "0 (no top-k filter) or more")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2 ** 63):
+            raise InputError("seed", f"must be a whole number from 0 to 2**63 - 1, got {self.seed!r}",
+                             "None (random) or such a number")
+
+
+#: The smallest positive temperature: logits divided by less overflow to infinity.
+MIN_TEMPERATURE = 1e-4
+
+
+def _is_int(value) -> bool:  # numpy integers too
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value  # NaN != NaN
 
 
 def sample_next(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:

@@ -138,10 +138,11 @@ class Pipeline:
         savable as an adapter)."""
         from .fast_decode import check_decoder
         from .lowmem import enable_offload
-        from .precision import encoder_dtype
+        from .precision import as_dtype, encoder_dtype
 
         check_decoder(decoder)  # a wrong name or folder fails before anything is loaded
         check_llama_folder(llama, tokenizer)
+        dtype, imagebind_dtype = as_dtype(dtype), as_dtype(imagebind_dtype, allow_auto=False)
 
         started = time.perf_counter()
         offloading = offload_encoders and torch.device(device).type != "cpu"
@@ -359,7 +360,12 @@ class Pipeline:
             chat.notices.append(f"The conversation is longer than the model's context: {left_out} left out of "
                                 f"the prompt.")
         turn.answer = ""
-        for delta in self._decode(self.stream_ids(prompt, chat.active_feature(), settings, cancel)):
-            turn.answer += delta
-            yield delta
+        try:
+            for delta in self._decode(self.stream_ids(prompt, chat.active_feature(), settings, cancel)):
+                turn.answer += delta
+                yield delta
+        except Exception:  # a turn that failed is not kept (a stopped or abandoned one keeps its words)
+            if chat.turns and chat.turns[-1] is turn:
+                chat.turns.pop()
+            raise
         turn.answer = turn.answer.strip()

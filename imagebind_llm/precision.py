@@ -156,6 +156,25 @@ def default_dtype(device) -> torch.dtype:
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
+#: The dtypes a model loads in, by name (``--dtype``).
+DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def as_dtype(value: torch.dtype | str | None, allow_auto: bool = True) -> torch.dtype | str | None:
+    """A torch dtype from itself or its name ("bfloat16", "torch.float16"); 'auto' is kept where
+    it is allowed; any other name is an InputError listing the names."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    name = str(value).strip().lower().removeprefix("torch.")
+    if allow_auto and name == AUTO:
+        return AUTO
+    if name in DTYPE_NAMES:
+        return DTYPE_NAMES[name]
+    from .errors import InputError
+
+    raise InputError("dtype", f"unknown dtype {value!r}", ", ".join([*DTYPE_NAMES, *([AUTO] if allow_auto else [])]))
+
+
 def encoder_dtype(dtype: torch.dtype | str | None, device) -> torch.dtype | None:
     """The dtype the encoders follow when ``dtype`` is the language model's setting: 'auto' is
     the language model's alone (the encoders take the device's default)."""

@@ -414,7 +414,12 @@ def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype,
     from .hub import resolve_preset
     from .pipeline import Pipeline
 
+    from .precision import as_dtype
+
     name = name or DEFAULT_PRESET
+    dtype = as_dtype(dtype)  # a name ("bfloat16") as the command line takes it
+    if memory.get("imagebind_dtype") is not None:
+        memory["imagebind_dtype"] = as_dtype(memory["imagebind_dtype"], allow_auto=False)
     given = {role: path for role, path in (overrides or {}).items() if path}
     if name == UNTRAINED_PRESET:
         from .lowmem import apply_memory_options

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import mmap as _mmap
+import numbers
 import os
 import struct
 from dataclasses import dataclass
@@ -64,12 +65,14 @@ class CacheConfig:
     weight: float = 0.5  # share of the retrieved prototype in the blend
 
     def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"cache size must be at least 1, got {self.size}")
-        if not 0.0 <= self.weight <= 1.0:
-            raise ValueError(f"cache weight must be in [0, 1], got {self.weight}")
-        if self.temperature < 0:
-            raise ValueError(f"cache temperature must be >= 0, got {self.temperature}")
+        # InputError is a ValueError; NaN fails every comparison, so the ranges are written to catch it
+        if not isinstance(self.size, numbers.Integral) or isinstance(self.size, bool) or self.size < 1:
+            raise InputError("cache size", f"must be a whole number of at least 1, got {self.size!r}", "1, 2, 3, ...")
+        if not isinstance(self.weight, numbers.Real) or not 0.0 <= self.weight <= 1.0:
+            raise InputError("cache weight", f"must be in [0, 1], got {self.weight!r}", "a number from 0 to 1")
+        if not isinstance(self.temperature, numbers.Real) or not 0 <= self.temperature < float("inf"):
+            raise InputError("cache temperature", f"must be a finite number >= 0, got {self.temperature!r}",
+                             "e.g. 20 (the official value)")
 
 
 @dataclass

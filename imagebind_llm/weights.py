@@ -28,7 +28,7 @@ from .config import AdapterConfig, ImageBindLLMConfig, LlamaConfig
 from .errors import CheckpointError
 from .keymap import KeyRule, same, translate
 from .memory_check import conversion_bytes, require_memory
-from .precision import resolve_dtype
+from .precision import as_dtype, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -752,7 +752,7 @@ def build_language_model(
     check_adapter_fits(None, adapter_state, llama_config, tokenizer_words)
     adapter_config = infer_adapter_config(adapter_state, llama_config.n_layers)
     config = ImageBindLLMConfig(llama=llama_config, adapter=adapter_config)
-    dtype = resolve_dtype(dtype, config, device, quantize=quantize)  # 'auto': chosen before converting
+    dtype = resolve_dtype(as_dtype(dtype), config, device, quantize=quantize)  # 'auto': chosen before converting
     state = {f"llama.{k}": v for k, v in base_state.items()}
     state.update(adapter_to_project(adapter_state))
     with torch.device("meta"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,6 +66,22 @@ def test_context_overflow_drops_oldest_turns_with_a_notice(pipeline, files):
     assert chat.notices and "oldest" in chat.notices[-1]
     for notice in chat.notices:  # one turn or several, said in good English
         assert re.search(r"the oldest turn was left out|the [2-9]\d* oldest turns were left out", notice), notice
+
+
+def test_a_turn_whose_decoding_fails_is_not_kept(pipeline, monkeypatch):
+    """A half-made turn left in the chat changed the next answers."""
+    chat, settings = Chat(), Settings(generation=GREEDY)
+    list(pipeline.chat(chat, "What is it?", [], settings))
+    kept = [(t.question, t.answer) for t in chat.turns]
+
+    def broken(*args, **kwargs):
+        yield 5
+        raise RuntimeError("the decoder failed")
+
+    monkeypatch.setattr(pipeline, "stream_ids", broken)
+    with pytest.raises(RuntimeError, match="the decoder failed"):
+        list(pipeline.chat(chat, "And now?", [], settings))
+    assert [(t.question, t.answer) for t in chat.turns] == kept
 
 
 def test_a_question_longer_than_the_context_is_refused_and_not_kept(pipeline):
@@ -214,12 +231,22 @@ def test_stream_can_be_resumed_on_another_thread(pipeline, files):
 
 
 @pytest.mark.parametrize("settings, match", [
-    ({"max_new_tokens": 0}, "max_new_tokens must be at least 1, got 0"),
-    ({"temperature": -0.5}, "temperature must be >= 0, got -0.5"),
-    ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
-    ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
-    ({"top_k": -1}, "top_k must be >= 0, got -1"),
+    ({"max_new_tokens": 0}, "max_new_tokens: must be a whole number of at least 1, got 0"),
+    ({"temperature": -0.5}, "temperature: must be 0 .* got -0.5"),
+    ({"top_p": 0.0}, r"top_p: must be in \(0, 1\], got 0.0"),
+    ({"top_p": 1.5}, r"top_p: must be in \(0, 1\], got 1.5"),
+    ({"top_k": -1}, "top_k: must be a whole number >= 0, got -1"),
+    # Types, NaN and values torch cannot take: they failed deep inside the decoder before.
+    ({"max_new_tokens": 2.5}, "max_new_tokens: must be a whole number of at least 1, got 2.5"),
+    ({"temperature": float("nan")}, "temperature: must be 0 .* got nan"),
+    ({"temperature": 1e-45}, "temperature: must be 0 .* got 1e-45"),
+    ({"temperature": float("inf")}, "temperature: must be 0 .* got inf"),
+    ({"top_p": float("nan")}, "top_p: must be in"),
+    ({"top_k": 1.5}, "top_k: must be a whole number >= 0, got 1.5"),
+    ({"seed": 2 ** 70}, "seed: must be a whole number from 0 to 2\\*\\*63 - 1"),
+    ({"seed": "a"}, "seed: must be a whole number"),
 ])
 def test_generation_settings_out_of_range_are_named(settings, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):  # an InputError is a ValueError too
         GenerationConfig(**settings)
+    assert GenerationConfig(max_new_tokens=np.int64(3), temperature=np.float32(0.5), seed=np.int64(1))

@@ -143,3 +143,26 @@ def test_the_flag(golden, monkeypatch, capsys, caplog):
                      "--temperature", "0", "What is it?"]) == 0
     assert len(calls) == 1 and "dtype auto: bfloat16 for the language model" in caplog.text
     assert capsys.readouterr().out.strip()
+
+
+def test_a_dtype_may_be_given_by_its_name(golden):
+    """``dtype: torch.dtype | str``: the names the command line takes work from Python too (only
+    'auto' did; 'bfloat16' failed with an AttributeError deep in the memory check)."""
+    from imagebind_llm.checkpoint import load_imagebind
+    from imagebind_llm.errors import InputError
+    from imagebind_llm.pipeline import Pipeline
+    from imagebind_llm.precision import as_dtype
+    from imagebind_llm.presets import load_preset_pipeline
+
+    paths = golden_paths(golden)
+    assert Pipeline.from_paths(**paths, dtype="float16").model.dtype == torch.float16
+    pipeline = Pipeline.from_paths(**paths, dtype="torch.bfloat16", imagebind_dtype="float32")
+    assert pipeline.model.dtype == torch.bfloat16 and next(pipeline.imagebind.parameters()).dtype == torch.float32
+    assert next(load_imagebind(paths["imagebind"], paths["imagebind_config"], dtype="bfloat16")
+                .parameters()).dtype == torch.bfloat16
+    assert load_preset_pipeline("tiny-untrained", dtype="bfloat16").model.dtype == torch.bfloat16
+    assert as_dtype(torch.float16) is torch.float16 and as_dtype(None) is None
+    with pytest.raises(InputError, match="unknown dtype 'foo'. Accepted: float32, float16, bfloat16, auto"):
+        Pipeline.from_paths(**paths, dtype="foo")
+    with pytest.raises(InputError, match="unknown dtype 'auto'"):
+        load_imagebind(paths["imagebind"], paths["imagebind_config"], dtype="auto")

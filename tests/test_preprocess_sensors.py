@@ -328,3 +328,13 @@ def test_imu_bad_inputs(tmp_path):
         IMUOptions(length_mode="stretch")
     with pytest.raises(ValueError):
         IMUOptions(columns=(0, 1, 2))
+
+
+@pytest.mark.parametrize("kind, tensor", [("depth", torch.rand(64, 64) * 3), ("thermal", torch.rand(64, 64)),
+                                          ("imu", torch.randn(6, 2000))])
+def test_a_bfloat16_tensor_reads_as_its_float32_values(kind, tensor):
+    """numpy has no bfloat16: such a tensor failed with a raw TypeError ('unsupported ScalarType')."""
+    from imagebind_llm.preprocess import load
+
+    values = tensor.bfloat16()
+    assert torch.equal(load(kind, values), load(kind, values.float()))

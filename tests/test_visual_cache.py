@@ -539,11 +539,16 @@ def test_broken_index_and_vector_files_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("settings, match", [
-    ({"size": 0}, "cache size must be at least 1, got 0"),
-    ({"weight": 1.5}, r"cache weight must be in \[0, 1\], got 1.5"),
-    ({"weight": -0.1}, r"cache weight must be in \[0, 1\], got -0.1"),
-    ({"temperature": -1.0}, "cache temperature must be >= 0, got -1.0"),
+    ({"size": 0}, "cache size: must be a whole number of at least 1, got 0"),
+    ({"size": 2.5}, "cache size: must be a whole number of at least 1, got 2.5"),
+    ({"weight": 1.5}, r"cache weight: must be in \[0, 1\], got 1.5"),
+    ({"weight": -0.1}, r"cache weight: must be in \[0, 1\], got -0.1"),
+    ({"weight": float("nan")}, r"cache weight: must be in \[0, 1\], got nan"),
+    ({"temperature": -1.0}, "cache temperature: must be a finite number >= 0, got -1.0"),
+    # NaN or infinity passed "< 0" and turned the blended feature into NaN: garbage answers
+    ({"temperature": float("nan")}, "cache temperature: must be a finite number >= 0, got nan"),
+    ({"temperature": float("inf")}, "cache temperature: must be a finite number >= 0, got inf"),
 ])
 def test_cache_settings_out_of_range_are_named(settings, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):  # an InputError is a ValueError too
         CacheConfig(**settings)

@@ -111,6 +111,15 @@ def as_source(
     return source
 
 
+def tensor_to_numpy(tensor):
+    """A tensor's values as a numpy array, on the CPU; bfloat16, which numpy lacks, as float32
+    (exactly: every bfloat16 is a float32)."""
+    import torch
+
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
 def _suffix(name: str) -> str:
     # The type is chosen by the real extension, never by a substring of the whole path.
     return Path(name).suffix.lower()

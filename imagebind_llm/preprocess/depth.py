@@ -52,7 +52,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from .common import DEFAULT_MAX_BYTES, FileInput, Source, as_source, load_each
+from .common import DEFAULT_MAX_BYTES, FileInput, Source, as_source, load_each, tensor_to_numpy
 from .image import DEFAULT_MAX_PIXELS, center_crop, decode_source, resize_short_side
 
 __all__ = [
@@ -212,7 +212,7 @@ def read_depth_meters(
     options = options or DepthOptions()
     if isinstance(source, torch.Tensor):
         label = name or "<tensor>"
-        return _array_to_meters(source.detach().cpu().numpy(), label, options), label
+        return _array_to_meters(tensor_to_numpy(source), label, options), label
     if isinstance(source, np.ndarray):
         label = name or "<array>"
         return _array_to_meters(source, label, options), label

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .common import DEFAULT_MAX_BYTES, FileInput, Source, as_source, load_each
+from .common import DEFAULT_MAX_BYTES, FileInput, Source, as_source, load_each, tensor_to_numpy
 from .depth import _NPY_MAGIC, _load_npy
 
 __all__ = [
@@ -238,7 +238,7 @@ def read_imu(
     options = options or IMUOptions()
     if isinstance(source, torch.Tensor):
         label = name or "<tensor>"
-        arr = _orient(source.detach().cpu().numpy(), label, options.layout)
+        arr = _orient(tensor_to_numpy(source), label, options.layout)
     elif isinstance(source, np.ndarray):
         label = name or "<array>"
         arr = _orient(source, label, options.layout)

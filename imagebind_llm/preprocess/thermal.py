@@ -47,7 +47,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from .common import DEFAULT_MAX_BYTES, FileInput, as_source, load_each
+from .common import DEFAULT_MAX_BYTES, FileInput, as_source, load_each, tensor_to_numpy
 from .depth import _kind_of, _load_npy
 from .image import DEFAULT_MAX_PIXELS, center_crop, decode_source, resize_short_side
 
@@ -170,7 +170,7 @@ def load_thermal(
     options = options or ThermalOptions()
     if isinstance(source, torch.Tensor):
         label = name or "<tensor>"
-        data = _from_array(source.detach().cpu().numpy(), label)
+        data = _from_array(tensor_to_numpy(source), label)
     elif isinstance(source, np.ndarray):
         label = name or "<array>"
         data = _from_array(source, label)
