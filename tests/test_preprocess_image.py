@@ -269,6 +269,8 @@ def test_bad_files(tmp_path):
     _raises(small, "too large", max_bytes=10)
     with open(small, "r", encoding="latin-1") as fh:
         _raises(fh, "text mode")
+    with open(small, "r") as fh:  # utf-8: reading the PNG failed with a UnicodeDecodeError first
+        _raises(fh, "text mode")
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,8 @@ def as_source(
         source = Source(name=name or "<bytes>", suffix=_suffix(name or ""), data=data)
     elif hasattr(obj, "read"):
         file_name = name or os.path.basename(str(getattr(obj, "name", "") or "")) or "<file object>"
+        if isinstance(obj, io.TextIOBase):  # reading it would decode the bytes as text (and fail on most)
+            raise InputError(file_name, "file object is open in text mode", "a file opened in binary mode ('rb')")
         data = obj.read()
         if isinstance(data, str):
             raise InputError(file_name, "file object is open in text mode", "a file opened in binary mode ('rb')")
