@@ -97,13 +97,22 @@ class Embedder:
         default), "official" or "prenorm" (see :meth:`encode_inputs`)."""
         if output not in ("unit", "official", "prenorm"):
             raise ValueError(f"output must be 'unit', 'official' or 'prenorm', got {output!r}")
+        if isinstance(media, Media) or not isinstance(media, (list, tuple)):
+            raise InputError("inputs", f"expected a list of Media, got {type(media).__name__}",
+                             "[Media(kind, value), ...] (a single input in a list too)")
         if not media:
             raise InputError("inputs", "no input given", "one or more inputs")
         rows: list[torch.Tensor | None] = [None] * len(media)
         by_kind: dict[str, list[int]] = {}
         for index, item in enumerate(media):
+            if not isinstance(item, Media):
+                raise InputError(f"input {index + 1}", f"expected a Media, got {type(item).__name__}",
+                                 "Media(kind, value), e.g. Media('image', 'photo.jpg')")
             check_kind(item.kind)
-            if item.kind == "text" and (not isinstance(item.value, str) or not item.value.strip()):
+            if item.kind == "text" and not isinstance(item.value, str):
+                raise InputError(f"text input {index + 1}", f"expected a string, got {type(item.value).__name__}",
+                                 "a non-empty text")
+            if item.kind == "text" and not item.value.strip():
                 raise InputError(item.label or "text input", "the text is empty", "a non-empty text")
             by_kind.setdefault(item.kind, []).append(index)
         memo = self.memo

@@ -185,6 +185,13 @@ def test_fuse_names_what_is_wrong(embeddings, weights, mode, error, match):
 def test_bad_inputs_are_clear_errors(pipeline, files, tmp_path):
     settings = Settings(generation=GREEDY)
     image = Media("image", files["image"])
+    # Not Media where Media are expected: named, not an AttributeError or "object has no len()".
+    for media, message in ((image, "inputs: expected a list of Media, got Media"),
+                           ([files["image"]], "input 1: expected a Media, got str"),
+                           ([image, None], "input 2: expected a Media, got NoneType"),
+                           ([Media("text", 5)], "text input 1: expected a string, got int")):
+        with pytest.raises(InputError, match=message):
+            pipeline.answer(media, "What is it?", settings)
     with pytest.raises(InputError, match="question is empty"):
         pipeline.answer([image], "   ", settings)
     with pytest.raises(InputError, match="all weights are zero"):
