@@ -134,7 +134,16 @@ class Embedder:
                 inputs = load_batch("text", [m.value for m in items], self.options)
             else:  # one by one, so that an error names the user's file
                 inputs = torch.stack([load(kind, m.value, self.options, name=m.name) for m in items])
+            if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+                bad = next(i for i, row in enumerate(inputs) if not torch.isfinite(row).all())
+                raise InputError(items[bad].label, "its values are too large: after preprocessing they are not "
+                                 "finite", "values of a real recording or picture (e.g. audio samples in [-1, 1])")
             unit = self.encode_inputs(kind, inputs)[output]
+            finite = torch.isfinite(unit).all(dim=-1)
+            if not finite.all():  # e.g. IMU values of 1e30: finite, but they overflow inside the encoder
+                raise InputError(items[int((~finite).nonzero()[0])].label, "its embedding is not finite: its values "
+                                 "are out of the range the encoder computes in (or a float16 encoder overflowed)",
+                                 "values of a real recording or picture")
             for row, index in zip(unit, indices):
                 rows[index] = row.float().cpu()
                 if keys.get(index) is not None:

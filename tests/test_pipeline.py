@@ -192,6 +192,12 @@ def test_bad_inputs_are_clear_errors(pipeline, files, tmp_path):
                            ([Media("text", 5)], "text input 1: expected a string, got int")):
         with pytest.raises(InputError, match=message):
             pipeline.answer(media, "What is it?", settings)
+    # Finite but absurd values: named as the input's, not as a model output that is not finite.
+    loud = Media("audio", (np.random.default_rng(0).standard_normal(32000).astype(np.float32) * 1e30, 16000))
+    with pytest.raises(InputError, match="audio input: its values are too large"):
+        pipeline.embed([loud])
+    with pytest.raises(InputError, match="imu input: its embedding is not finite"):
+        pipeline.embed([Media("imu", np.random.default_rng(0).standard_normal((6, 2000)) * 1e30)])
     with pytest.raises(InputError, match="question is empty"):
         pipeline.answer([image], "   ", settings)
     with pytest.raises(InputError, match="all weights are zero"):
