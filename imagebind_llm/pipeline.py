@@ -15,6 +15,7 @@ another turn brings new ones.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import threading
 import time
@@ -187,7 +188,11 @@ class Pipeline:
 
     def feature(self, media: Sequence[Media], settings: Settings = Settings()) -> Feature:
         """Embed, mix and (optionally) cache-blend the inputs of one request."""
+        settings = settings if settings is not None else Settings()
         embeddings = self.embed(media)
+        for item in media:  # before the mix, which would fail on it without naming the input
+            if not isinstance(item.weight, numbers.Real) or isinstance(item.weight, bool):
+                raise InputError(item.label, f"its weight must be a number, got {item.weight!r}", "e.g. 1.0 or -0.5")
         labels = [m.label for m in media]
         vector = fuse(embeddings, [m.weight for m in media], settings.fusion, labels)
         result = None
@@ -297,6 +302,7 @@ class Pipeline:
     def stream(self, media: Sequence[Media], question: str, settings: Settings = Settings(),
                cancel: CancelCheck = None) -> Iterator[str]:
         """Single-turn answer as text deltas (official prompt template)."""
+        settings = settings if settings is not None else Settings()
         prompt = self.question_prompt(question, settings)
         feature = self.feature(media, settings).vector if media else None
         yield from self._decode(self.stream_ids(prompt, feature, settings, cancel))
@@ -306,6 +312,7 @@ class Pipeline:
         less room than ``settings``' max new tokens is refused, as in a chat, rather than answered
         with what room is left."""
         validate_question(question)
+        settings = settings if settings is not None else Settings()
         prompt = self.tokenizer.encode(format_prompt(question, settings.context))
         budget = self._prompt_budget(settings)
         if len(prompt) > budget:
@@ -340,6 +347,7 @@ class Pipeline:
         turns' media. If the history does not fit the context, the oldest turns are left out of
         the prompt and a notice is added to ``chat.notices``."""
         validate_question(question)
+        settings = settings if settings is not None else Settings()
         checked = self.check_base_model()
         for warning in checked.warnings if checked is not None else ():
             if warning not in chat.notices:

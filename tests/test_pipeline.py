@@ -192,6 +192,12 @@ def test_bad_inputs_are_clear_errors(pipeline, files, tmp_path):
                            ([Media("text", 5)], "text input 1: expected a string, got int")):
         with pytest.raises(InputError, match=message):
             pipeline.answer(media, "What is it?", settings)
+    # A weight that is not a number, and settings left out (None: the defaults).
+    for weight in (None, "0.5"):
+        with pytest.raises(InputError, match=f"its weight must be a number, got {weight!r}"):
+            pipeline.feature([image, Media("text", "a dog", weight)], settings)
+    assert pipeline.feature([image], None).vector.shape == pipeline.feature([image]).vector.shape
+    assert pipeline.answer([image], "What is it?", None)
     # Finite but absurd values: named as the input's, not as a model output that is not finite.
     loud = Media("audio", (np.random.default_rng(0).standard_normal(32000).astype(np.float32) * 1e30, 16000))
     with pytest.raises(InputError, match="audio input: its values are too large"):
