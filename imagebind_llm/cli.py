@@ -24,10 +24,10 @@ import torch
 
 from .errors import ImageBindLLMError
 from .log_setup import setup_logging
-from .precision import AUTO, default_device, default_dtype
+from .precision import AUTO, DTYPE_NAMES, default_device, default_dtype
 from .preprocess import KINDS
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = DTYPE_NAMES  # --dtype's names
 
 
 def parse_input(kind: str, text: str):

@@ -413,7 +413,6 @@ def _load_preset_pipeline(name, *, llama, overrides, cache_index, device, dtype,
     from .errors import CheckpointError
     from .hub import resolve_preset
     from .pipeline import Pipeline
-
     from .precision import as_dtype
 
     name = name or DEFAULT_PRESET
