@@ -50,6 +50,14 @@ class Embeddings:
     prenorm: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def _first_non_finite(batch: torch.Tensor) -> int | None:
+    """The first row of ``batch`` holding NaN or an infinity, or None (integer rows never do)."""
+    if not batch.is_floating_point():
+        return None
+    finite = torch.isfinite(batch.flatten(1)).all(dim=1)
+    return None if finite.all() else int((~finite).nonzero()[0])
+
+
 class Embedder:
     def __init__(self, model: ImageBind, options: PreprocessOptions | None = None, *, batch_size: int = 8,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
@@ -134,15 +142,13 @@ class Embedder:
                 inputs = load_batch("text", [m.value for m in items], self.options)
             else:  # one by one, so that an error names the user's file
                 inputs = torch.stack([load(kind, m.value, self.options, name=m.name) for m in items])
-            if inputs.is_floating_point() and not torch.isfinite(inputs).all():
-                bad = next(i for i, row in enumerate(inputs) if not torch.isfinite(row).all())
+            if (bad := _first_non_finite(inputs)) is not None:
                 raise InputError(items[bad].label, "its values are too large: after preprocessing they are not "
                                  "finite", "values of a real recording or picture (e.g. audio samples in [-1, 1])")
             unit = self.encode_inputs(kind, inputs)[output]
-            finite = torch.isfinite(unit).all(dim=-1)
-            if not finite.all():  # e.g. IMU values of 1e30: finite, but they overflow inside the encoder
-                raise InputError(items[int((~finite).nonzero()[0])].label, "its embedding is not finite: its values "
-                                 "are out of the range the encoder computes in (or a float16 encoder overflowed)",
+            if (bad := _first_non_finite(unit)) is not None:  # e.g. IMU values of 1e30 overflow in the encoder
+                raise InputError(items[bad].label, "its embedding is not finite: its values are out of the range "
+                                 "the encoder computes in (or a float16 encoder overflowed)",
                                  "values of a real recording or picture")
             for row, index in zip(unit, indices):
                 rows[index] = row.float().cpu()

@@ -486,6 +486,11 @@ def write_hf_llama(state: Mapping[str, torch.Tensor], config: LlamaConfig, direc
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
+#: The two layouts of a base LLaMA folder, for the errors that find neither.
+LLAMA_FOLDERS = ("expected a Meta folder (params.json + consolidated.*.pth) or a Hugging Face folder "
+                 "(config.json + *.safetensors)")
+
+
 def read_llama(path: str | Path) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
     """A base LLaMA from a Meta folder (params.json) or a Hugging Face folder (config.json),
     checked against its own config (every tensor present, with the implied shape). The
@@ -510,9 +515,7 @@ def read_llama(path: str | Path) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
         config, state = read_hf_llama(path)
         check_llama_state(config, state, f"{path} (config.json)")
         return config, state
-    raise CheckpointError(
-        f"no LLaMA weights at {path}: expected a Meta folder (params.json + consolidated.*.pth) or a "
-        "Hugging Face folder (config.json + *.safetensors)")
+    raise CheckpointError(f"no LLaMA weights at {path}: {LLAMA_FOLDERS}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,8 +659,7 @@ def check_llama_folder(path: str | Path, tokenizer: str | Path | None = None) ->
         raise CheckpointError(f"--llama must be a folder (a Meta folder with params.json or a Hugging Face "
                               f"folder with config.json), got the file {path}")
     if not ((path / "params.json").is_file() or (path / "config.json").is_file()):
-        raise CheckpointError(f"no LLaMA weights at {path}: expected a Meta folder (params.json + "
-                              "consolidated.*.pth) or a Hugging Face folder (config.json + *.safetensors)")
+        raise CheckpointError(f"no LLaMA weights at {path}: {LLAMA_FOLDERS}")
     if tokenizer is None:
         find_tokenizer(path)
     elif not Path(tokenizer).is_file():
